@@ -1,0 +1,23 @@
+"""The exception tree: one root, subclasses that also derive from the matching builtin."""
+
+from __future__ import annotations
+
+
+class TorchReproError(RuntimeError):
+    """Root of every error torchrepro raises."""
+
+
+class SeedError(TorchReproError, ValueError):
+    """A seed or seed key that is not acceptable."""
+
+
+class DeterminismError(TorchReproError):
+    """A determinism switch that cannot be applied, or was applied too late."""
+
+
+class StateError(TorchReproError, ValueError):
+    """A saved state that is malformed, of an unknown version, or does not fit this machine."""
+
+
+class RecordError(TorchReproError, ValueError):
+    """A run record that cannot be read or compared."""
