@@ -1,0 +1,109 @@
+"""The ``torchrepro`` command: argument parsing only; every verb calls the library.
+
+Exit status: 0 success, 1 a finding (runs diverged), 2 a usage error, 3 a run failed.
+A verb that runs a command (``run``) exits with that command's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torchrepro.errors import TorchReproError
+
+USAGE_ERROR = 2
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise SystemExit(
+            f"torchrepro {args.verb}: no command given; usage: torchrepro "
+            f"{args.verb} [options] -- python train.py ARGS"
+        )
+    return command
+
+
+def _add_determinism_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_const",
+        const=True,
+        help="also switch on deterministic algorithms (strict)",
+    )
+    group.add_argument(
+        "--warn",
+        dest="deterministic",
+        action="store_const",
+        const="warn",
+        help="deterministic algorithms in warn-only mode",
+    )
+
+
+def _seed_option(text: str) -> int | str:
+    """An integer-looking seed is an int (so "-1" is refused, not hashed); else a str."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        return text
+
+
+def _run(args: argparse.Namespace) -> int:
+    from torchrepro.launch import run_command
+    from torchrepro.seeding import resolve_seed
+
+    return run_command(_command(args), resolve_seed(args.seed), args.deterministic)
+
+
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a command seeded, with no change to the script",
+        description="Run CMD with PYTHONHASHSEED, TORCHREPRO_SEED and the cuBLAS setting in "
+        "place before Python starts, and seed_everything applied before the script runs.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed_option,
+        default=None,
+        help="root seed: an int in [0, 2**64) or a string (default: "
+        "TORCHREPRO_SEED, else a fresh seed, printed)",
+    )
+    _add_determinism_options(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    parser.set_defaults(handler=_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``torchrepro`` command."""
+    parser = argparse.ArgumentParser(
+        prog="torchrepro",
+        description="PyTorch training that gives the same result every time, and proof of it.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_run(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``torchrepro`` command; returns its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return int(args.handler(args))
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+            return USAGE_ERROR
+        return int(exit_.code or 0)
+    except TorchReproError as error:
+        print(f"torchrepro {args.verb}: {error}", file=sys.stderr)
+        return USAGE_ERROR

@@ -1,0 +1,166 @@
+"""``seed_everything``, derived generators and ``isolate_rng``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from torchrepro import data, determinism
+from torchrepro._derive import SeedLike, derive_seed, normalize_seed
+from torchrepro._sources import capture_all, restore_all, seed_all
+
+log = logging.getLogger("torchrepro")
+
+SEED_ENV = data.SEED_ENV
+
+_root: int | None = None
+_said: set[str] = set()
+
+
+def _say_once(key: str, message: str, *args: object) -> None:
+    if key not in _said:
+        _said.add(key)
+        log.warning(message, *args)
+
+
+def resolve_seed(seed: SeedLike | None) -> int:
+    """The root seed for ``seed``: itself, else ``TORCHREPRO_SEED``, else a fresh one (logged)."""
+    if seed is not None:
+        return normalize_seed(seed)
+    if os.environ.get(SEED_ENV) is not None:
+        return data.root_seed_from_env()
+    fresh = secrets.randbelow(2**32)
+    log.warning(
+        "torchrepro: no seed given; using seed %d. Repeat this run with "
+        "seed_everything(%d) or %s=%d.",
+        fresh,
+        fresh,
+        SEED_ENV,
+        fresh,
+    )
+    return fresh
+
+
+def hash_seed_for(root: int) -> int:
+    """The ``PYTHONHASHSEED`` torchrepro uses for a root seed (Python takes [0, 2**32))."""
+    return derive_seed(root, "pythonhash") % 2**32
+
+
+def seed_everything(
+    seed: SeedLike | None = None,
+    *,
+    deterministic: bool | str | None = None,
+    workers: bool = True,
+) -> int:
+    """Seeds every random number generator in this process and the ones it starts.
+
+    Python ``random``, numpy's global RNG, torch on the CPU and every device each get
+    their own seed derived from ``seed``. ``TORCHREPRO_SEED`` and ``PYTHONHASHSEED`` are
+    exported for child processes (spawned workers, torchrun ranks, subprocesses).
+
+    Args:
+        seed: An int in [0, 2**64) or a str (hashed stably). ``None`` reuses
+            ``TORCHREPRO_SEED`` if set, else draws a fresh seed and logs it once.
+        deterministic: ``None`` sets cuDNN deterministic on and benchmark off (the common
+            recipe); ``True`` also turns on deterministic algorithms and the other
+            switches of :func:`torchrepro.enable_determinism`; ``"warn"`` the same in
+            warn-only mode; ``False`` touches no flag.
+        workers: Seed the shuffle order and the workers of every DataLoader created
+            afterwards (see :mod:`torchrepro.data`).
+
+    Returns:
+        The root seed used, an int.
+
+    Raises:
+        SeedError: ``seed`` is not an int in [0, 2**64) or a str.
+        DeterminismError: ``deterministic`` is not one of the values above.
+
+    Example:
+        >>> seed_everything(11)
+        11
+    """
+    mode = None if deterministic is None else determinism.check_mode(deterministic)
+    root = resolve_seed(seed)
+
+    global _root
+    _root = root
+    os.environ[SEED_ENV] = str(root)
+    os.environ.setdefault(determinism.HASH_SEED_ENV, str(hash_seed_for(root)))
+    if determinism.string_hashing_randomized():
+        _say_once(
+            "hash",
+            "torchrepro: str hashing is salted in this interpreter (PYTHONHASHSEED was not "
+            "set when it started), so set and dict-of-str order changes per run. Child "
+            "processes are fixed; for this one, launch with `torchrepro run -- python ...`.",
+        )
+    seed_all(root)
+    if mode is None:
+        determinism.set_recipe_flags()
+    elif mode is not False:
+        determinism.enable_determinism(mode)
+    data.configure_loaders(root if workers else None)
+    log.info("torchrepro: seeded everything with %d (deterministic=%s)", root, deterministic)
+    return root
+
+
+def root_seed() -> int:
+    """The root seed of this process: the last ``seed_everything``'s, else ``TORCHREPRO_SEED``.
+
+    Raises:
+        SeedError: No seed was set in either way.
+    """
+    return _root if _root is not None else data.root_seed_from_env()
+
+
+def numpy_generator(*keys: SeedLike) -> np.random.Generator:
+    """A numpy ``Generator`` of its own, derived from the root seed and ``keys``.
+
+    Example:
+        >>> seed_everything(11)
+        >>> rng = numpy_generator("augment")
+    """
+    return np.random.default_rng(derive_seed(root_seed(), "numpy", *keys))
+
+
+def torch_generator(*keys: SeedLike, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch ``Generator`` of its own on ``device``, derived from the root seed and ``keys``.
+
+    Example:
+        >>> seed_everything(11)
+        >>> noise = torch.randn(3, generator=torch_generator("noise"))
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(root_seed(), "torch", *keys))
+    return generator
+
+
+@contextlib.contextmanager
+def isolate_rng() -> Iterator[None]:
+    """Everything random drawn inside the block is forgotten after it, even on error.
+
+    Restores Python, numpy, torch CPU and device RNG states, the determinism flags,
+    the environment variables torchrepro manages and its DataLoader seeding.
+    Blocks nest.
+
+    Example:
+        >>> with isolate_rng():
+        ...     evaluate(model)        # draws nothing the training will notice
+    """
+    global _root
+    states = capture_all()
+    flags = determinism.snapshot()
+    loaders = data.loader_config()
+    root = _root
+    try:
+        yield
+    finally:
+        restore_all(states)
+        determinism.restore(flags)
+        data.set_loader_config(loaders)
+        _root = root
