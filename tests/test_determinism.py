@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import torch
+from conftest import PYTHON, child_env
+
+import torchrepro
+from torchrepro import DeterminismError, determinism_status, deterministic, enable_determinism
+from torchrepro import determinism as det
+
+
+def test_enable_determinism_switches_everything_on_but_the_nan_fill() -> None:
+    enable_determinism()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    assert "CUDA_LAUNCH_BLOCKING" not in os.environ
+
+
+def test_warn_mode_only_warns() -> None:
+    enable_determinism("warn")
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def test_the_nan_fill_stays_on_when_asked_for() -> None:
+    enable_determinism(fill_uninitialized_memory=True)
+    assert torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+
+
+def test_cublas_workspace_is_set_only_where_torch_uses_cublas() -> None:
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    enable_determinism()
+    expected = det.CUBLAS_VALUE if det.cublas_needs_workspace_config() else None
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == expected
+
+
+def test_deterministic_block_restores_flags_and_environment_even_on_error() -> None:
+    torch.backends.cudnn.benchmark = True
+    os.environ.pop("FLASH_ATTENTION_DETERMINISTIC", None)
+    with pytest.raises(ZeroDivisionError), deterministic():
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["FLASH_ATTENTION_DETERMINISTIC"] == "1"
+        1 / 0  # noqa: B018
+    assert torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "FLASH_ATTENTION_DETERMINISTIC" not in os.environ
+    assert torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["strict", 1, None, False])
+def test_bad_modes_are_refused(mode: object) -> None:
+    with pytest.raises(DeterminismError):
+        enable_determinism(mode)  # type: ignore[arg-type]
+
+
+def test_status_reports_what_is_still_uncontrolled() -> None:
+    torch.backends.cudnn.benchmark = True
+    status = determinism_status()
+    assert status.cudnn_benchmark
+    assert any("benchmark" in item for item in status.uncontrolled)
+    assert any("deterministic algorithms are off" in item for item in status.uncontrolled)
+    enable_determinism()
+    status = determinism_status()
+    assert not any("benchmark" in item for item in status.uncontrolled)
+    assert status.as_dict()["num_threads"] == torch.get_num_threads()
+    assert "uncontrolled:" in str(status)
+
+
+def test_status_tells_whether_str_hashing_is_salted() -> None:
+    script = "import torchrepro; print(torchrepro.determinism_status().string_hashing_randomized)"
+
+    def salted(**env: str) -> str:
+        out = subprocess.run([PYTHON, "-c", script], env=child_env(**env), capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+
+    assert salted() == "True"
+    assert salted(PYTHONHASHSEED="3") == "False"
+
+
+def test_seed_everything_warns_once_about_salted_hashing() -> None:
+    script = "import torchrepro; torchrepro.seed_everything(1); torchrepro.seed_everything(2)"
+    out = subprocess.run([PYTHON, "-c", script], env=child_env(), capture_output=True,
+                         text=True, check=True)
+    assert out.stderr.count("str hashing is salted") == 1
+    assert "torchrepro run" in out.stderr
+
+
+def test_isolation_also_covers_the_determinism_switches() -> None:
+    with torchrepro.isolate_rng():
+        enable_determinism()
+    assert not torch.are_deterministic_algorithms_enabled()
