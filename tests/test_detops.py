@@ -47,45 +47,134 @@ class Case(NamedTuple):
 
 
 CASES = [
-    Case("adaptive1d", detops.adaptive_avg_pool1d, F.adaptive_avg_pool1d, (2, 3, 11),
-         {"output_size": 4}),
-    Case("adaptive2d", detops.adaptive_avg_pool2d, F.adaptive_avg_pool2d, (2, 3, 9, 7),
-         {"output_size": (4, 5)}),
-    Case("adaptive2d_none", detops.adaptive_avg_pool2d, F.adaptive_avg_pool2d, (3, 9, 7),
-         {"output_size": (None, 3)}),
-    Case("adaptive3d", detops.adaptive_avg_pool3d, F.adaptive_avg_pool3d, (1, 2, 5, 6, 7),
-         {"output_size": (2, 3, 4)}),
-    Case("avg1d", detops.avg_pool1d, F.avg_pool1d, (2, 3, 10),
-         {"kernel_size": 3, "stride": 2, "padding": 1}),
-    Case("avg2d_ceil_nopad", detops.avg_pool2d, F.avg_pool2d, (2, 2, 9, 8),
-         {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-          "count_include_pad": False}),
-    Case("avg2d_divisor", detops.avg_pool2d, F.avg_pool2d, (2, 2, 8, 8),
-         {"kernel_size": (2, 3), "divisor_override": 5}),
-    Case("avg3d", detops.avg_pool3d, F.avg_pool3d, (1, 2, 5, 6, 7),
-         {"kernel_size": 3, "stride": (1, 2, 2), "padding": 1, "ceil_mode": True}),
-    Case("nearest", detops.interpolate, F.interpolate, (2, 2, 5, 7),
-         {"scale_factor": 1.7, "mode": "nearest"}),
-    Case("nearest_exact", detops.interpolate, F.interpolate, (2, 2, 5, 7),
-         {"size": (9, 4), "mode": "nearest-exact"}),
-    Case("linear", detops.interpolate, F.interpolate, (2, 3, 6),
-         {"scale_factor": 2.5, "mode": "linear"}),
-    Case("bilinear", detops.interpolate, F.interpolate, (2, 2, 5, 7),
-         {"size": (11, 4), "mode": "bilinear"}),
-    Case("bilinear_corners", detops.interpolate, F.interpolate, (2, 2, 5, 7),
-         {"scale_factor": (2.0, 1.5), "mode": "bilinear", "align_corners": True}),
-    Case("bicubic", detops.interpolate, F.interpolate, (1, 2, 6, 5),
-         {"scale_factor": 1.6, "mode": "bicubic"}),
-    Case("bicubic_recompute", detops.interpolate, F.interpolate, (1, 2, 6, 5),
-         {"scale_factor": 0.7, "mode": "bicubic", "recompute_scale_factor": True}),
-    Case("trilinear", detops.interpolate, F.interpolate, (1, 2, 3, 4, 5),
-         {"size": (5, 3, 7), "mode": "trilinear"}),
-    Case("area", detops.interpolate, F.interpolate, (2, 2, 9, 7),
-         {"size": (4, 3), "mode": "area"}),
+    Case(
+        "adaptive1d",
+        detops.adaptive_avg_pool1d,
+        F.adaptive_avg_pool1d,
+        (2, 3, 11),
+        {"output_size": 4},
+    ),
+    Case(
+        "adaptive2d",
+        detops.adaptive_avg_pool2d,
+        F.adaptive_avg_pool2d,
+        (2, 3, 9, 7),
+        {"output_size": (4, 5)},
+    ),
+    Case(
+        "adaptive2d_none",
+        detops.adaptive_avg_pool2d,
+        F.adaptive_avg_pool2d,
+        (3, 9, 7),
+        {"output_size": (None, 3)},
+    ),
+    Case(
+        "adaptive3d",
+        detops.adaptive_avg_pool3d,
+        F.adaptive_avg_pool3d,
+        (1, 2, 5, 6, 7),
+        {"output_size": (2, 3, 4)},
+    ),
+    Case(
+        "avg1d",
+        detops.avg_pool1d,
+        F.avg_pool1d,
+        (2, 3, 10),
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+    ),
+    Case(
+        "avg2d_ceil_nopad",
+        detops.avg_pool2d,
+        F.avg_pool2d,
+        (2, 2, 9, 8),
+        {
+            "kernel_size": 3,
+            "stride": 2,
+            "padding": 1,
+            "ceil_mode": True,
+            "count_include_pad": False,
+        },
+    ),
+    Case(
+        "avg2d_divisor",
+        detops.avg_pool2d,
+        F.avg_pool2d,
+        (2, 2, 8, 8),
+        {"kernel_size": (2, 3), "divisor_override": 5},
+    ),
+    Case(
+        "avg3d",
+        detops.avg_pool3d,
+        F.avg_pool3d,
+        (1, 2, 5, 6, 7),
+        {"kernel_size": 3, "stride": (1, 2, 2), "padding": 1, "ceil_mode": True},
+    ),
+    Case(
+        "nearest",
+        detops.interpolate,
+        F.interpolate,
+        (2, 2, 5, 7),
+        {"scale_factor": 1.7, "mode": "nearest"},
+    ),
+    Case(
+        "nearest_exact",
+        detops.interpolate,
+        F.interpolate,
+        (2, 2, 5, 7),
+        {"size": (9, 4), "mode": "nearest-exact"},
+    ),
+    Case(
+        "linear",
+        detops.interpolate,
+        F.interpolate,
+        (2, 3, 6),
+        {"scale_factor": 2.5, "mode": "linear"},
+    ),
+    Case(
+        "bilinear",
+        detops.interpolate,
+        F.interpolate,
+        (2, 2, 5, 7),
+        {"size": (11, 4), "mode": "bilinear"},
+    ),
+    Case(
+        "bilinear_corners",
+        detops.interpolate,
+        F.interpolate,
+        (2, 2, 5, 7),
+        {"scale_factor": (2.0, 1.5), "mode": "bilinear", "align_corners": True},
+    ),
+    Case(
+        "bicubic",
+        detops.interpolate,
+        F.interpolate,
+        (1, 2, 6, 5),
+        {"scale_factor": 1.6, "mode": "bicubic"},
+    ),
+    Case(
+        "bicubic_recompute",
+        detops.interpolate,
+        F.interpolate,
+        (1, 2, 6, 5),
+        {"scale_factor": 0.7, "mode": "bicubic", "recompute_scale_factor": True},
+    ),
+    Case(
+        "trilinear",
+        detops.interpolate,
+        F.interpolate,
+        (1, 2, 3, 4, 5),
+        {"size": (5, 3, 7), "mode": "trilinear"},
+    ),
+    Case("area", detops.interpolate, F.interpolate, (2, 2, 9, 7), {"size": (4, 3), "mode": "area"}),
     Case("reflect", detops.pad, F.pad, (2, 3, 6, 5), {"pad": (2, 1, 3, 0), "mode": "reflect"}),
     Case("replicate", detops.pad, F.pad, (2, 3, 6), {"pad": (2, 4), "mode": "replicate"}),
-    Case("circular", detops.pad, F.pad, (1, 2, 3, 4, 5),
-         {"pad": (1, 2, 2, 0, 1, 1), "mode": "circular"}),
+    Case(
+        "circular",
+        detops.pad,
+        F.pad,
+        (1, 2, 3, 4, 5),
+        {"pad": (1, 2, 2, 0, 1, 1), "mode": "circular"},
+    ),
     Case("cumsum", detops.cumsum, torch.cumsum, (3, 200), {"dim": 1}),
     Case("cumsum_dim0", detops.cumsum, torch.cumsum, (5, 4), {"dim": 0}),
 ]
@@ -189,8 +278,9 @@ def test_scatter_reduce_equals_pytorch(reduce: str, include_self: bool) -> None:
     theirs = base.scatter_reduce(0, index, src, reduce, include_self=include_self)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(theirs)
-    for a, b in zip(torch.autograd.grad(ours, (base, src), g),
-                    torch.autograd.grad(theirs, (base, src), g)):
+    for a, b in zip(
+        torch.autograd.grad(ours, (base, src), g), torch.autograd.grad(theirs, (base, src), g)
+    ):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -298,20 +388,22 @@ def test_model_with_every_replaced_op_trains_in_strict_deterministic_mode() -> N
     torch.use_deterministic_algorithms(True)
     with detops.deterministic_ops(force=True):
         out = model(x)
-        loss = F.cross_entropy(out, target, label_smoothing=0.1) + F.nll_loss(
-            torch.log_softmax(out, 1), target
-        ) * 0
+        loss = (
+            F.cross_entropy(out, target, label_smoothing=0.1)
+            + F.nll_loss(torch.log_softmax(out, 1), target) * 0
+        )
         (g,) = torch.autograd.grad(loss, model.conv.weight)
         values = (out.detach().flatten().abs() * 10).long()
         counts = torch.bincount(values, out.detach().flatten())
         hist = out.detach().histc(bins=7)
-        scattered = torch.ones(4, dtype=torch.float64).scatter_reduce(0, values % 4, out.detach().flatten(), "prod")
+        flat = out.detach().flatten()
+        scattered = torch.ones(4, dtype=torch.float64).scatter_reduce(0, values % 4, flat, "prod")
     torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(counts, torch.bincount(values, out.detach().flatten()))
     assert torch.equal(hist, out.detach().histc(bins=7))
     torch.testing.assert_close(
-        scattered, torch.ones(4, dtype=torch.float64).scatter_reduce(0, values % 4, out.detach().flatten(), "prod")
+        scattered, torch.ones(4, dtype=torch.float64).scatter_reduce(0, values % 4, flat, "prod")
     )
 
 
@@ -344,13 +436,13 @@ def test_cost_report_records_a_setting_that_raises_and_a_step_that_does_not_repe
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += 1
             if torch.are_deterministic_algorithms_enabled() and not detops.patched_ops():
-                raise RuntimeError("fake_backward_cuda does not have a deterministic implementation")
+                raise RuntimeError("fake_backward_cuda does not have a deterministic kernel")
             return self.lin(x) * (1 + 1e-3 * self.calls)  # differs between runs
 
     detops.patch_nondeterministic_ops()
     report = detops.determinism_cost(Flaky(), torch.randn(4, 3), lambda out: out.sum(), steps=2)
     strict = report.settings[2]
-    assert strict.error is not None and "deterministic implementation" in strict.error
+    assert strict.error is not None and "deterministic kernel" in strict.error
     assert strict.repeatable is None and strict.ratio is None
     assert report.needed is None
     assert "raised RuntimeError" in report.render()

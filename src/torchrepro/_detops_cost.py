@@ -74,7 +74,11 @@ class CostReport:
             f"{'setting':<11} {'ms/step':>9} {'vs defaults':>11} {'repeatable':>10}  switches",
         ]
         for s in self.settings:
-            ms = f"{s.seconds_per_step * 1e3:9.2f}" if s.seconds_per_step is not None else f"{'-':>9}"
+            ms = (
+                f"{s.seconds_per_step * 1e3:9.2f}"
+                if s.seconds_per_step is not None
+                else f"{'-':>9}"
+            )
             ratio = f"{s.ratio:10.2f}x" if s.ratio is not None else f"{'-':>11}"
             rep = {True: "yes", False: "NO", None: "-"}[s.repeatable]
             lines.append(f"{s.name:<11} {ms} {ratio} {rep:>10}  {s.description}")
@@ -136,12 +140,21 @@ class _Flags:
 # Cheapest switches first: the first repeatable one is what the model needs.
 _SETTINGS: tuple[tuple[str, str, _Flags], ...] = (
     ("defaults", "PyTorch defaults", _Flags(False, False, False, False, True, False, False)),
-    ("recipe", "cudnn.deterministic, benchmark off",
-     _Flags(True, False, False, False, True, False, False)),
-    ("strict", "recipe + use_deterministic_algorithms(True)",
-     _Flags(True, False, True, False, True, False, False)),
-    ("torchrepro", "strict + patched ops + fill_uninitialized_memory off",
-     _Flags(True, False, True, False, False, True, False)),
+    (
+        "recipe",
+        "cudnn.deterministic, benchmark off",
+        _Flags(True, False, False, False, True, False, False),
+    ),
+    (
+        "strict",
+        "recipe + use_deterministic_algorithms(True)",
+        _Flags(True, False, True, False, True, False, False),
+    ),
+    (
+        "torchrepro",
+        "strict + patched ops + fill_uninitialized_memory off",
+        _Flags(True, False, True, False, False, True, False),
+    ),
 )
 
 
@@ -188,7 +201,7 @@ def _train(
         torch.manual_seed(0)
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            _loss(model, batch, loss_fn).backward()
+            _loss(model, batch, loss_fn).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     _sync(device)
     return [t.detach().clone() for t in model.state_dict().values()]
@@ -283,9 +296,7 @@ def determinism_cost(
                     finals.append(_train(model, batch, loss_fn, start, steps, lr, device))
                     seconds.append((time.perf_counter() - t0) / steps)
                 ops = _op_times(lambda: _train(model, batch, loss_fn, start, 1, lr, device), device)
-                measured.append(
-                    (name, description, min(seconds), _same_bits(*finals), None, ops)
-                )
+                measured.append((name, description, min(seconds), _same_bits(*finals), None, ops))
             except RuntimeError as err:
                 # Strict mode raising on an op is a finding, not a failure of the measurement.
                 measured.append((name, description, None, None, _first_line(err), {}))
@@ -330,6 +341,8 @@ class _FieldModel(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(5)
         self.head = nn.Linear(channels * 25, classes)
         generator = torch.Generator().manual_seed(0)
+        self.src: torch.Tensor
+        self.dst: torch.Tensor
         self.register_buffer("src", torch.randint(0, 256, (edges,), generator=generator))
         self.register_buffer("dst", torch.randint(0, 256, (edges,), generator=generator))
 
@@ -365,9 +378,7 @@ def example_workload(
     return model, (x, y), F.cross_entropy
 
 
-def cost_from_spec(
-    spec: str | None = None, *, steps: int = 5, device: str = "cpu"
-) -> CostReport:
+def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cpu") -> CostReport:
     """Cost report for `module:function` (which returns `(model, batch, loss_fn)`), or for
     `example_workload(device)` when `spec` is None. Meant for `torchrepro cost [SPEC]`.
 
@@ -392,4 +403,3 @@ def cost_from_spec(
         )
     model, batch, loss_fn = workload
     return determinism_cost(model, batch, loss_fn, steps=steps)
-

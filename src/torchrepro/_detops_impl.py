@@ -44,7 +44,9 @@ _SCAN_BLOCK = 64
 
 
 @functools.lru_cache(maxsize=512)
-def _matrix(kind: str, args: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _matrix(
+    kind: str, args: tuple[Any, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     # Built once per shape on the CPU in float64, cast once, and kept on the device:
     # the host-to-device copy would otherwise be paid at every step.
     builders: dict[str, Callable[..., torch.Tensor]] = {
@@ -95,7 +97,7 @@ class _SelectAlong(torch.autograd.Function):
 
 
 def _select_along(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
-    return _SelectAlong.apply(x, axis, index)  # type: ignore[no-any-return]
+    return _SelectAlong.apply(x, axis, index)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def _spatial_sizes(x: torch.Tensor, size: Size, rank: int, what: str) -> list[int]:
@@ -175,8 +177,8 @@ def _avg_pool(
     divisor_override: int | None,
 ) -> torch.Tensor:
     kernel = _tuple(kernel_size, rank, "kernel_size")
-    strides = kernel if stride is None or stride == [] or stride == () else _tuple(
-        stride, rank, "stride"
+    strides = (
+        kernel if stride is None or stride == [] or stride == () else _tuple(stride, rank, "stride")
     )
     pads = _tuple(padding, rank, "padding")
     for k, p in zip(kernel, pads):
@@ -189,9 +191,17 @@ def _avg_pool(
         raise ReplacementError("avg_pool divisor_override must not be 0; got 0. Pass None.")
     divide = divisor_override is None
     for k in range(1, rank + 1):
-        args = (x.shape[-k], kernel[-k], strides[-k], pads[-k], ceil_mode, count_include_pad, divide)
+        args = (
+            x.shape[-k],
+            kernel[-k],
+            strides[-k],
+            pads[-k],
+            ceil_mode,
+            count_include_pad,
+            divide,
+        )
         x = _apply_axis(x, -k, _matrix("avg", args, x.dtype, x.device))
-    return x if divide else x / divisor_override
+    return x if divisor_override is None else x / divisor_override
 
 
 def avg_pool1d(
@@ -296,13 +306,13 @@ def interpolate(
         out_sizes = _spatial_sizes(input, size, rank, "interpolate")
     else:
         assert scale_factor is not None  # for mypy: checked just above
-        factors = [float(scale_factor)] * rank if isinstance(scale_factor, (int, float)) else [
-            float(f) for f in scale_factor
-        ]
+        factors = (
+            [float(scale_factor)] * rank
+            if isinstance(scale_factor, (int, float))
+            else [float(f) for f in scale_factor]
+        )
         if len(factors) != rank:
-            raise ReplacementError(
-                f"interpolate needs {rank} scale factors; got {scale_factor!r}."
-            )
+            raise ReplacementError(f"interpolate needs {rank} scale factors; got {scale_factor!r}.")
         # Same sizes as F.interpolate computes; the factors reach the kernel unless recomputed.
         out_sizes = [math.floor(float(n) * f) for n, f in zip(in_sizes, factors)]
         if not recompute_scale_factor:
@@ -317,8 +327,8 @@ def interpolate(
             )
         x = input
         for k in range(1, rank + 1):
-            args = (in_sizes[-k], out_sizes[-k], scales[-k], mode == "nearest-exact")
-            x = _select_along(x, -k, _index("nearest", args, x.device))
+            where = (in_sizes[-k], out_sizes[-k], scales[-k], mode == "nearest-exact")
+            x = _select_along(x, -k, _index("nearest", where, x.device))
         return x
     corners = bool(align_corners)
     kind = "cubic" if mode == "bicubic" else "linear"
@@ -368,9 +378,7 @@ def _reduction(size_average: bool | None, reduce: bool | None, reduction: str) -
     if size_average is not None or reduce is not None:
         return torch.nn._reduction.legacy_get_string(size_average, reduce)
     if reduction not in ("none", "mean", "sum"):
-        raise ReplacementError(
-            f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}."
-        )
+        raise ReplacementError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}.")
     return reduction
 
 
@@ -484,12 +492,13 @@ def _scan_last(x: torch.Tensor) -> torch.Tensor:
         return x @ _matrix("upper", (n,), x.dtype, x.device)
     blocks = -(-n // _SCAN_BLOCK)
     padded = torch.nn.functional.pad(x, (0, blocks * _SCAN_BLOCK - n))
-    local = padded.unflatten(-1, (blocks, _SCAN_BLOCK)) @ _matrix(
+    local = padded.reshape(*padded.shape[:-1], blocks, _SCAN_BLOCK) @ _matrix(
         "upper", (_SCAN_BLOCK,), x.dtype, x.device
     )
     before = _scan_last(local[..., -1])[..., :-1]
     offsets = torch.nn.functional.pad(before, (1, 0))
-    return (local + offsets.unsqueeze(-1)).flatten(-2)[..., :n]
+    scanned: torch.Tensor = (local + offsets.unsqueeze(-1)).flatten(-2)
+    return scanned[..., :n]
 
 
 def cumsum(input: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -514,7 +523,9 @@ def cumsum(input: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -
 
 
 def _segments(
-    values: torch.Tensor, keys: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    values: torch.Tensor,
+    keys: torch.Tensor,
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduce `values` by equal `keys` with `op`; return (unique keys, totals, counts).
 
@@ -571,9 +582,7 @@ def bincount(
     return out.index_put((unique,), totals)
 
 
-def histc(
-    input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0
-) -> torch.Tensor:
+def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0) -> torch.Tensor:
     """Deterministic `torch.histc`: bin indices as ATen computes them, counted after a sort.
 
     Example:
@@ -591,16 +600,12 @@ def histc(
     if lo == hi:
         lo, hi = lo - 1, hi + 1
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ReplacementError(
-            f"histc needs a finite range with min <= max; got [{lo}, {hi}]."
-        )
+        raise ReplacementError(f"histc needs a finite range with min <= max; got [{lo}, {hi}].")
     left = torch.tensor(lo, dtype=input.dtype, device=input.device)
     right = torch.tensor(hi, dtype=input.dtype, device=input.device)
     kept = x[(x >= left) & (x <= right)]
     pos = ((kept - left) * bins / (right - left)).to(torch.int64).clamp(max=bins - 1)
-    edges = torch.searchsorted(
-        torch.sort(pos).values, torch.arange(bins + 1, device=input.device)
-    )
+    edges = torch.searchsorted(torch.sort(pos).values, torch.arange(bins + 1, device=input.device))
     return (edges[1:] - edges[:-1]).to(input.dtype)
 
 

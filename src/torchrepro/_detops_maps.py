@@ -121,9 +121,7 @@ def cubic_matrix(
     return m
 
 
-def nearest_index(
-    in_size: int, out_size: int, scale: float | None, exact: bool
-) -> torch.Tensor:
+def nearest_index(in_size: int, out_size: int, scale: float | None, exact: bool) -> torch.Tensor:
     """Return the int64 source index of each output of nearest interpolation on one axis.
 
     ATen computes this in float32 (`nearest_idx`, `nearest_neighbor_compute_source_index`);

@@ -106,15 +106,31 @@ def _floating(dtype: torch.dtype) -> bool:
 
 # Native entry points, captured once at import so that wrappers never call themselves.
 _NATIVE: dict[str, Callable[..., Any]] = {
-    **{f"F.{n}": getattr(F, n) for n in (
-        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-        "avg_pool1d", "avg_pool2d", "avg_pool3d",
-        "interpolate", "pad", "nll_loss", "cross_entropy",
-    )},
+    **{
+        f"F.{n}": getattr(F, n)
+        for n in (
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d",
+            "avg_pool1d",
+            "avg_pool2d",
+            "avg_pool3d",
+            "interpolate",
+            "pad",
+            "nll_loss",
+            "cross_entropy",
+        )
+    },
     **{f"torch.{n}": getattr(torch, n) for n in ("cumsum", "bincount", "histc", "scatter_reduce")},
-    **{f"Tensor.{n}": getattr(torch.Tensor, n) for n in (
-        "cumsum", "bincount", "histc", "scatter_reduce",
-    )},
+    **{
+        f"Tensor.{n}": getattr(torch.Tensor, n)
+        for n in (
+            "cumsum",
+            "bincount",
+            "histc",
+            "scatter_reduce",
+        )
+    },
 }
 
 
@@ -180,7 +196,9 @@ def _pad_entry(
 _pad_replacement = pad
 
 
-def _nll_loss_entry(input: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _nll_loss_entry(
+    input: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     if _route(input, needed=True, backward_only=False):
         return nll_loss(input, target, *args, **kwargs)
     return _NATIVE["F.nll_loss"](input, target, *args, **kwargs)  # type: ignore[no-any-return]
@@ -223,7 +241,9 @@ def _cumsum_entry(native_key: str) -> Callable[..., torch.Tensor]:
 def _bincount_entry(native_key: str) -> Callable[..., torch.Tensor]:
     native = _NATIVE[native_key]
 
-    def entry(input: torch.Tensor, weights: torch.Tensor | None = None, minlength: int = 0) -> torch.Tensor:
+    def entry(
+        input: torch.Tensor, weights: torch.Tensor | None = None, minlength: int = 0
+    ) -> torch.Tensor:
         if _route(input, needed=weights is not None, backward_only=False):
             return bincount(input, weights, minlength)
         return native(input, weights, minlength)  # type: ignore[no-any-return]
@@ -275,10 +295,19 @@ def _scatter_reduce_entry(native_key: str) -> Callable[..., torch.Tensor]:
 
 # (owner, attribute, qualified name, wrapper); the qualified names are what patching returns.
 _TARGETS: list[tuple[Any, str, str, Callable[..., Any]]] = [
-    *[(F, f"adaptive_avg_pool{r}d", f"torch.nn.functional.adaptive_avg_pool{r}d",
-       _adaptive_entry(r)) for r in (1, 2, 3)],
-    *[(F, f"avg_pool{r}d", f"torch.nn.functional.avg_pool{r}d", _avg_pool_entry(r))
-      for r in (1, 2, 3)],
+    *[
+        (
+            F,
+            f"adaptive_avg_pool{r}d",
+            f"torch.nn.functional.adaptive_avg_pool{r}d",
+            _adaptive_entry(r),
+        )
+        for r in (1, 2, 3)
+    ],
+    *[
+        (F, f"avg_pool{r}d", f"torch.nn.functional.avg_pool{r}d", _avg_pool_entry(r))
+        for r in (1, 2, 3)
+    ],
     (F, "interpolate", "torch.nn.functional.interpolate", _interpolate_entry),
     (F, "pad", "torch.nn.functional.pad", _pad_entry),
     (F, "nll_loss", "torch.nn.functional.nll_loss", _nll_loss_entry),
@@ -289,9 +318,18 @@ _TARGETS: list[tuple[Any, str, str, Callable[..., Any]]] = [
     (torch.Tensor, "bincount", "torch.Tensor.bincount", _bincount_entry("Tensor.bincount")),
     (torch, "histc", "torch.histc", _histc_entry("torch.histc")),
     (torch.Tensor, "histc", "torch.Tensor.histc", _histc_entry("Tensor.histc")),
-    (torch, "scatter_reduce", "torch.scatter_reduce", _scatter_reduce_entry("torch.scatter_reduce")),
-    (torch.Tensor, "scatter_reduce", "torch.Tensor.scatter_reduce",
-     _scatter_reduce_entry("Tensor.scatter_reduce")),
+    (
+        torch,
+        "scatter_reduce",
+        "torch.scatter_reduce",
+        _scatter_reduce_entry("torch.scatter_reduce"),
+    ),
+    (
+        torch.Tensor,
+        "scatter_reduce",
+        "torch.Tensor.scatter_reduce",
+        _scatter_reduce_entry("Tensor.scatter_reduce"),
+    ),
 ]
 
 _MISSING = object()
@@ -352,7 +390,7 @@ def unpatch_nondeterministic_ops() -> list[str]:
         if not _saved:
             return []
         names = patched_ops()
-        for (owner, attr, name, wrapper) in _TARGETS:
+        for owner, attr, name, wrapper in _TARGETS:
             if owner.__dict__.get(attr) is not wrapper:
                 raise DeterminismError(
                     f"{name} was replaced after torchrepro patched it; got "
