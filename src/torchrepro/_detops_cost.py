@@ -29,7 +29,7 @@ class SettingCost:
     Attributes:
         name: "defaults", "recipe", "strict" or "torchrepro".
         description: the switches the setting turns on.
-        seconds_per_step: best of two timed runs, per step; None if the setting raised.
+        seconds_per_step: fastest timed run, per step; None if the setting raised.
         ratio: throughput relative to "defaults" (1.0 is as fast, 0.8 is 20 % slower).
         repeatable: whether two runs from the same initial state gave bitwise-equal
             parameters and buffers; None if the setting raised.
@@ -54,11 +54,13 @@ class CostReport:
     Attributes:
         device: where the steps ran, e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
         steps: training steps per timed run.
+        rounds: timed runs per setting.
         settings: one entry per setting, cheapest switches first.
     """
 
     device: str
     steps: int
+    rounds: int
     settings: tuple[SettingCost, ...]
 
     @property
@@ -70,7 +72,7 @@ class CostReport:
         """The report as text, one line per setting, then the verdict and the costly ops."""
         lines = [
             f"determinism cost on {self.device}, torch {torch.__version__}, "
-            f"{self.steps} steps per run, best of 2 runs",
+            f"{self.steps} steps per run, fastest of {self.rounds} runs",
             f"{'setting':<11} {'ms/step':>9} {'vs defaults':>11} {'repeatable':>10}  switches",
         ]
         for s in self.settings:
@@ -248,6 +250,7 @@ def determinism_cost(
     *,
     steps: int = 5,
     lr: float = 1e-3,
+    rounds: int = 2,
     top: int = 5,
 ) -> CostReport:
     """Time `steps` training steps under each determinism setting and report the cost.
@@ -255,11 +258,12 @@ def determinism_cost(
     Settings, cheapest switches first: "defaults" (PyTorch's), "recipe"
     (cudnn.deterministic, benchmark off), "strict" (recipe + use_deterministic_algorithms,
     as PyTorch ships it: it may raise, which is reported), "torchrepro" (strict + patched
-    ops + fill_uninitialized_memory off). Each runs one warm-up step, then twice `steps`
-    SGD steps from the same initial state and RNG seed; the parameters and buffers of the
-    two runs are compared bitwise. One more step runs under torch.profiler to attribute
-    the extra time to ops. Every flag, the patch state, the global RNG and the model's
-    state are restored afterwards, also on error.
+    ops + fill_uninitialized_memory off). Each runs one warm-up step and one step under
+    torch.profiler (to attribute extra time to ops), then `rounds` runs of `steps` SGD
+    steps from the same initial state and RNG seed, the settings taking turns; the
+    parameters and buffers of its runs are compared bitwise, and its fastest run counts.
+    Every flag, the patch state, the global RNG and the model's state are restored
+    afterwards, also on error.
 
     Args:
         model: the model to train; its state is restored when measuring ends.
@@ -268,6 +272,7 @@ def determinism_cost(
         loss_fn: returns a scalar loss.
         steps: steps per timed run (>= 1).
         lr: SGD learning rate of the measured steps.
+        rounds: timed runs per setting (>= 2, since repeatability needs two).
         top: how many of the costliest ops to list per setting.
 
     Returns:
@@ -281,34 +286,56 @@ def determinism_cost(
     """
     if not isinstance(steps, int) or steps < 1:
         raise DeterminismError(f"steps must be an int >= 1; got {steps!r}. Pass e.g. steps=5.")
+    if not isinstance(rounds, int) or rounds < 2:
+        raise DeterminismError(f"rounds must be an int >= 2; got {rounds!r}. Pass e.g. rounds=2.")
     device = _device_of(model)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = _Flags.capture()
-    measured: list[tuple[str, str, float | None, bool | None, str | None, dict[str, float]]] = []
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in _SETTINGS}
+    finals: dict[str, list[list[torch.Tensor]]] = {name: [] for name, _, _ in _SETTINGS}
+    ops: dict[str, dict[str, float]] = {name: {} for name, _, _ in _SETTINGS}
+    errors: dict[str, str] = {}
     try:
-        for name, description, flags in _SETTINGS:
-            flags.apply()
-            try:
-                _train(model, batch, loss_fn, start, 1, lr, device)
-                seconds, finals = [], []
-                for _ in range(2):
+        # Settings take turns round by round, so that load from other processes spreads
+        # over all of them instead of landing on whichever ran at the wrong moment.
+        for round_ in range(rounds + 1):
+            for name, _, flags in _SETTINGS:
+                if name in errors:
+                    continue
+                flags.apply()
+                try:
+                    if round_ == 0:  # warm-up (kernel choice, allocator), then attribution
+                        _train(model, batch, loss_fn, start, 1, lr, device)
+                        ops[name] = _op_times(
+                            lambda: _train(model, batch, loss_fn, start, 1, lr, device), device
+                        )
+                        continue
                     t0 = time.perf_counter()
-                    finals.append(_train(model, batch, loss_fn, start, steps, lr, device))
-                    seconds.append((time.perf_counter() - t0) / steps)
-                ops = _op_times(lambda: _train(model, batch, loss_fn, start, 1, lr, device), device)
-                measured.append((name, description, min(seconds), _same_bits(*finals), None, ops))
-            except RuntimeError as err:
-                # Strict mode raising on an op is a finding, not a failure of the measurement.
-                measured.append((name, description, None, None, _first_line(err), {}))
+                    finals[name].append(_train(model, batch, loss_fn, start, steps, lr, device))
+                    seconds[name].append((time.perf_counter() - t0) / steps)
+                except RuntimeError as err:
+                    # Strict mode raising on an op is a finding, not a failed measurement.
+                    errors[name] = _first_line(err)
     finally:
         model.load_state_dict(start)
         saved.apply()
+    measured = [
+        (
+            name,
+            description,
+            None if name in errors else min(seconds[name]),
+            None if name in errors else all(_same_bits(finals[name][0], f) for f in finals[name]),
+            errors.get(name),
+            ops[name],
+        )
+        for name, description, _ in _SETTINGS
+    ]
     base_time = measured[0][2]
     base_ops = measured[0][5]
     settings = []
-    for name, description, sec, repeatable, error, ops in measured:
+    for name, description, sec, repeatable, error, op_ms in measured:
         extra = sorted(
-            ((op, ms - base_ops.get(op, 0.0)) for op, ms in ops.items()),
+            ((op, ms - base_ops.get(op, 0.0)) for op, ms in op_ms.items()),
             key=lambda item: -item[1],
         )
         settings.append(
@@ -322,7 +349,9 @@ def determinism_cost(
                 extra_ops=tuple((op, ms) for op, ms in extra[:top] if ms > 0),
             )
         )
-    return CostReport(device=_describe(device), steps=steps, settings=tuple(settings))
+    return CostReport(
+        device=_describe(device), steps=steps, rounds=rounds, settings=tuple(settings)
+    )
 
 
 def _describe(device: torch.device) -> str:
