@@ -5,11 +5,12 @@ import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, child_env
 
 import torchrepro
+from conftest import PYTHON, child_env
 from torchrepro import DeterminismError, determinism_status, deterministic, enable_determinism
 from torchrepro import determinism as det
+from torchrepro.cli import main
 
 
 def test_enable_determinism_switches_everything_on_but_the_nan_fill() -> None:
@@ -94,3 +95,21 @@ def test_isolation_also_covers_the_determinism_switches() -> None:
     with torchrepro.isolate_rng():
         enable_determinism()
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_determinism_routes_ops_without_deterministic_kernels_and_the_block_undoes_it() -> None:
+    interpolate = torch.nn.functional.interpolate
+    with deterministic():
+        assert torch.nn.functional.interpolate is not interpolate
+        assert determinism_status().replaced_ops
+    assert torch.nn.functional.interpolate is interpolate
+    with deterministic(replace_ops=False):
+        assert torch.nn.functional.interpolate is interpolate
+
+
+def test_cost_verb_prints_the_report_for_the_built_in_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["cost", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "defaults" in out and "torchrepro" in out

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-
 from torchrepro import derive_seed
 from torchrepro.cli import main
 from torchrepro.launch import child_environment, run_command

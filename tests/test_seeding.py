@@ -7,11 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, SCRIPTS, child_env
 from hypothesis import given
 from hypothesis import strategies as st
 
 import torchrepro
+from conftest import PYTHON, SCRIPTS, child_env
 from torchrepro import SeedError, derive_seed, seed_everything
 from torchrepro._derive import hash_string, normalize_seed
 

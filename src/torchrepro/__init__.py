@@ -16,9 +16,17 @@ from torchrepro.determinism import (
     deterministic,
     enable_determinism,
 )
+from torchrepro.detops import (
+    CostReport,
+    determinism_cost,
+    deterministic_ops,
+    patch_nondeterministic_ops,
+    unpatch_nondeterministic_ops,
+)
 from torchrepro.errors import (
     DeterminismError,
     RecordError,
+    ReplacementError,
     SeedError,
     StateError,
     TorchReproError,
@@ -34,21 +42,27 @@ from torchrepro.seeding import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CostReport",
     "DeterminismError",
     "DeterminismStatus",
     "RecordError",
+    "ReplacementError",
     "SeedError",
     "StateError",
     "TorchReproError",
     "derive_seed",
+    "determinism_cost",
     "determinism_status",
     "deterministic",
+    "deterministic_ops",
     "enable_determinism",
     "isolate_rng",
     "numpy_generator",
+    "patch_nondeterministic_ops",
     "root_seed",
     "seed_everything",
     "seed_worker",
     "torch_generator",
+    "unpatch_nondeterministic_ops",
     "worker_init_fn",
 ]

@@ -79,6 +79,33 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_run)
 
 
+def _cost(args: argparse.Namespace) -> int:
+    from torchrepro.detops import cost_from_spec
+
+    print(cost_from_spec(args.spec, steps=args.steps, device=args.device).render())
+    return 0
+
+
+def _add_cost(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "cost",
+        help="time training steps under each determinism setting",
+        description="Time a few training steps under PyTorch's defaults, the recipe flags, "
+        "PyTorch's strict deterministic mode and torchrepro's, and say which setting the "
+        "model needs to repeat bitwise.",
+    )
+    parser.add_argument(
+        "spec",
+        nargs="?",
+        default=None,
+        help="module:function returning (model, batch, loss_fn); default: a built-in CNN "
+        "with index_add_, bilinear upsampling and adaptive pooling",
+    )
+    parser.add_argument("--steps", type=int, default=5, help="steps timed per setting")
+    parser.add_argument("--device", default="cpu", help="device of the built-in model")
+    parser.set_defaults(handler=_cost)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``torchrepro`` command."""
     parser = argparse.ArgumentParser(
@@ -87,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_run(subparsers)
+    _add_cost(subparsers)
     return parser
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 
+from torchrepro import detops
 from torchrepro.errors import DeterminismError
 
 log = logging.getLogger("torchrepro")
@@ -71,6 +72,13 @@ def _set_cudnn_benchmark(value: bool) -> None:
     torch.backends.cudnn.benchmark = value
 
 
+def _set_replacements(value: bool) -> None:
+    if value:
+        detops.patch_nondeterministic_ops()
+    else:
+        detops.unpatch_nondeterministic_ops()
+
+
 # name -> (get, set): every flag the switches touch, snapshot and restored as one.
 _FLAGS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "cudnn_deterministic": (lambda: torch.backends.cudnn.deterministic, _set_cudnn_deterministic),
@@ -86,6 +94,7 @@ _FLAGS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
         lambda: torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
         _set_fill,
     ),
+    "replaced_ops": (lambda: bool(detops.patched_ops()), _set_replacements),
 }
 
 
@@ -168,13 +177,20 @@ def _set_cublas_workspace() -> None:
         )
 
 
-def enable_determinism(mode: Mode = True, *, fill_uninitialized_memory: bool = False) -> None:
+def enable_determinism(
+    mode: Mode = True, *, fill_uninitialized_memory: bool = False, replace_ops: bool = True
+) -> None:
     """Switches on every determinism setting PyTorch has, at the lowest cost.
 
     Args:
         mode: ``True`` raises on ops with no deterministic kernel; ``"warn"`` only warns.
         fill_uninitialized_memory: Keep PyTorch's NaN fill of new buffers (off by
             default: a cost, not a requirement for repeatability).
+        replace_ops: Route the ops that have no deterministic CUDA kernel (adaptive and
+            average pooling, interpolation, padding, NLL loss 2d, cumsum, bincount,
+            histc, scatter_reduce) to torchrepro's deterministic replacements, so strict
+            mode does not raise on them (see :mod:`torchrepro.detops`). Calls on the CPU
+            and with deterministic algorithms off still go to PyTorch's own ops.
 
     Raises:
         DeterminismError: ``mode`` is not ``True`` or ``"warn"``.
@@ -194,10 +210,14 @@ def enable_determinism(mode: Mode = True, *, fill_uninitialized_memory: bool = F
     os.environ.setdefault(FLASH_ATTENTION_ENV, "1")
     torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
     _set_fill(fill_uninitialized_memory)
+    if replace_ops:
+        detops.patch_nondeterministic_ops()
 
 
 @contextlib.contextmanager
-def deterministic(mode: Mode = True, *, fill_uninitialized_memory: bool = False) -> Iterator[None]:
+def deterministic(
+    mode: Mode = True, *, fill_uninitialized_memory: bool = False, replace_ops: bool = True
+) -> Iterator[None]:
     """Determinism switched on inside the block, every flag and variable restored after.
 
     Example:
@@ -208,7 +228,9 @@ def deterministic(mode: Mode = True, *, fill_uninitialized_memory: bool = False)
     check_mode(mode)
     saved = snapshot()
     try:
-        enable_determinism(mode, fill_uninitialized_memory=fill_uninitialized_memory)
+        enable_determinism(
+            mode, fill_uninitialized_memory=fill_uninitialized_memory, replace_ops=replace_ops
+        )
         yield
     finally:
         restore(saved)
@@ -223,6 +245,7 @@ class DeterminismStatus:
     deterministic_algorithms: bool
     warn_only: bool
     fill_uninitialized_memory: bool
+    replaced_ops: bool
     cublas_workspace_config: str | None
     cublas_needs_workspace_config: bool
     cublas_set_after_cuda_started: bool
@@ -303,6 +326,7 @@ def determinism_status() -> DeterminismStatus:
         deterministic_algorithms=bool(enabled),
         warn_only=bool(warn_only),
         fill_uninitialized_memory=bool(_FLAGS["fill_uninitialized_memory"][0]()),
+        replaced_ops=bool(detops.patched_ops()),
         cublas_workspace_config=os.environ.get(CUBLAS_ENV),
         cublas_needs_workspace_config=cublas_needs_workspace_config(),
         cublas_set_after_cuda_started=_cublas_set_late,

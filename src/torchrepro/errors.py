@@ -21,3 +21,7 @@ class StateError(TorchReproError, ValueError):
 
 class RecordError(TorchReproError, ValueError):
     """A run record that cannot be read or compared."""
+
+
+class ReplacementError(TorchReproError, ValueError):
+    """Arguments that a deterministic op replacement does not support, or that the op rejects."""

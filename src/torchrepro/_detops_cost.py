@@ -1,0 +1,434 @@
+"""What determinism costs a model: throughput under each setting, and which one it needs.
+
+Public names are re-exported by `torchrepro.detops`; see `determinism_cost` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.deterministic
+from torch import nn
+
+from torchrepro.errors import DeterminismError
+
+Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
+LossFn = Callable[..., torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingCost:
+    """The measurement of one setting.
+
+    Attributes:
+        name: "defaults", "recipe", "strict" or "torchrepro".
+        description: the switches the setting turns on.
+        seconds_per_step: fastest timed run, per step; None if the setting raised.
+        ratio: throughput relative to "defaults" (1.0 is as fast, 0.8 is 20 % slower).
+        repeatable: whether two runs from the same initial state gave bitwise-equal
+            parameters and buffers; None if the setting raised.
+        error: the first line of the error the setting raised, else None.
+        extra_ops: (op, extra milliseconds per step versus "defaults") for the ops that
+            cost the most extra time, most first (torch.profiler self time).
+    """
+
+    name: str
+    description: str
+    seconds_per_step: float | None
+    ratio: float | None
+    repeatable: bool | None
+    error: str | None
+    extra_ops: tuple[tuple[str, float], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class CostReport:
+    """Throughput and repeatability of a model's training step under each setting.
+
+    Attributes:
+        device: where the steps ran, e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)".
+        steps: training steps per timed run.
+        rounds: timed runs per setting.
+        settings: one entry per setting, cheapest switches first.
+    """
+
+    device: str
+    steps: int
+    rounds: int
+    settings: tuple[SettingCost, ...]
+
+    @property
+    def needed(self) -> str | None:
+        """The first setting (fewest switches) whose runs were repeatable, or None."""
+        return next((s.name for s in self.settings if s.repeatable), None)
+
+    def render(self) -> str:
+        """The report as text, one line per setting, then the verdict and the costly ops."""
+        lines = [
+            f"determinism cost on {self.device}, torch {torch.__version__}, "
+            f"{self.steps} steps per run, fastest of {self.rounds} runs",
+            f"{'setting':<11} {'ms/step':>9} {'vs defaults':>11} {'repeatable':>10}  switches",
+        ]
+        for s in self.settings:
+            ms = (
+                f"{s.seconds_per_step * 1e3:9.2f}"
+                if s.seconds_per_step is not None
+                else f"{'-':>9}"
+            )
+            ratio = f"{s.ratio:10.2f}x" if s.ratio is not None else f"{'-':>11}"
+            rep = {True: "yes", False: "NO", None: "-"}[s.repeatable]
+            lines.append(f"{s.name:<11} {ms} {ratio} {rep:>10}  {s.description}")
+            if s.error:
+                lines.append(f"{'':<11} raised {s.error}")
+        needed = self.needed
+        lines.append(
+            f"needs: {needed} (cheapest setting that repeated bitwise within this process; "
+            "across processes and machines check with two real runs)"
+            if needed
+            else "needs: no setting repeated bitwise; look for unseeded randomness in the step"
+        )
+        for s in self.settings:
+            if s.extra_ops and s.name != "defaults":
+                ops = ", ".join(f"{op} +{ms:.3f} ms" for op, ms in s.extra_ops)
+                lines.append(f"extra time per step under {s.name}: {ops}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flags:
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    deterministic_algorithms: bool
+    warn_only: bool
+    fill_uninitialized_memory: bool
+    patched: bool
+    forced: bool
+
+    @classmethod
+    def capture(cls) -> _Flags:
+        from torchrepro import detops
+
+        return cls(
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
+            bool(detops.patched_ops()),
+            detops._force,
+        )
+
+    def apply(self) -> None:
+        from torchrepro import detops
+
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.use_deterministic_algorithms(self.deterministic_algorithms, warn_only=self.warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = (  # type: ignore[attr-defined]
+            self.fill_uninitialized_memory
+        )
+        if self.patched:
+            detops.patch_nondeterministic_ops(force=self.forced)
+        else:
+            detops.unpatch_nondeterministic_ops()
+
+
+# Cheapest switches first: the first repeatable one is what the model needs.
+_SETTINGS: tuple[tuple[str, str, _Flags], ...] = (
+    ("defaults", "PyTorch defaults", _Flags(False, False, False, False, True, False, False)),
+    (
+        "recipe",
+        "cudnn.deterministic, benchmark off",
+        _Flags(True, False, False, False, True, False, False),
+    ),
+    (
+        "strict",
+        "recipe + use_deterministic_algorithms(True)",
+        _Flags(True, False, True, False, True, False, False),
+    ),
+    (
+        "torchrepro",
+        "strict + patched ops + fill_uninitialized_memory off",
+        _Flags(True, False, True, False, False, True, False),
+    ),
+)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    raise DeterminismError(
+        "determinism_cost needs a model with parameters; got one without any. "
+        "Pass the model that the training step updates."
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _loss(model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return loss_fn(model(batch))
+    inputs, target = batch
+    return loss_fn(model(inputs), target)
+
+
+def _train(
+    model: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    start: dict[str, torch.Tensor],
+    steps: int,
+    lr: float,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Run `steps` SGD steps from `start` with a fixed RNG; return the final state."""
+    model.load_state_dict(start)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(0)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            _loss(model, batch, loss_fn).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    _sync(device)
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def _same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    # Bitwise, not ==: NaN == NaN is False and -0.0 == 0.0 is True, both wrong here.
+    return len(a) == len(b) and all(
+        x.shape == y.shape
+        and x.dtype == y.dtype
+        and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
+        for x, y in zip(a, b)
+    )
+
+
+def _op_times(run: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Self time in milliseconds of each op during `run()`, on the device when it is CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        run()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        # Ranges (autograd nodes, optimizer step) hold ops rather than being ops.
+        if event.key.startswith(("autograd::", "Optimizer.", "ProfilerStep")):
+            continue
+        us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        times[event.key] = times.get(event.key, 0.0) + us / 1e3
+    return times
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def determinism_cost(
+    model: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    *,
+    steps: int = 5,
+    lr: float = 1e-3,
+    rounds: int = 2,
+    top: int = 5,
+) -> CostReport:
+    """Time `steps` training steps under each determinism setting and report the cost.
+
+    Settings, cheapest switches first: "defaults" (PyTorch's), "recipe"
+    (cudnn.deterministic, benchmark off), "strict" (recipe + use_deterministic_algorithms,
+    as PyTorch ships it: it may raise, which is reported), "torchrepro" (strict + patched
+    ops + fill_uninitialized_memory off). Each runs one warm-up step and one step under
+    torch.profiler (to attribute extra time to ops), then `rounds` runs of `steps` SGD
+    steps from the same initial state and RNG seed, the settings taking turns; the
+    parameters and buffers of its runs are compared bitwise, and its fastest run counts.
+    Every flag, the patch state, the global RNG and the model's state are restored
+    afterwards, also on error.
+
+    Args:
+        model: the model to train; its state is restored when measuring ends.
+        batch: a tensor `x` (the loss is `loss_fn(model(x))`) or a pair `(x, y)` (the loss
+            is `loss_fn(model(x), y)`), already on the model's device.
+        loss_fn: returns a scalar loss.
+        steps: steps per timed run (>= 1).
+        lr: SGD learning rate of the measured steps.
+        rounds: timed runs per setting (>= 2, since repeatability needs two).
+        top: how many of the costliest ops to list per setting.
+
+    Returns:
+        A `CostReport`; `print(report.render())` for the text.
+
+    Example:
+        >>> model, batch, loss_fn = example_workload()
+        >>> report = determinism_cost(model, batch, loss_fn, steps=1)
+        >>> [s.name for s in report.settings]
+        ['defaults', 'recipe', 'strict', 'torchrepro']
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise DeterminismError(f"steps must be an int >= 1; got {steps!r}. Pass e.g. steps=5.")
+    if not isinstance(rounds, int) or rounds < 2:
+        raise DeterminismError(f"rounds must be an int >= 2; got {rounds!r}. Pass e.g. rounds=2.")
+    device = _device_of(model)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = _Flags.capture()
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in _SETTINGS}
+    finals: dict[str, list[list[torch.Tensor]]] = {name: [] for name, _, _ in _SETTINGS}
+    ops: dict[str, dict[str, float]] = {name: {} for name, _, _ in _SETTINGS}
+    errors: dict[str, str] = {}
+    try:
+        # Settings take turns round by round, so that load from other processes spreads
+        # over all of them instead of landing on whichever ran at the wrong moment.
+        for round_ in range(rounds + 1):
+            for name, _, flags in _SETTINGS:
+                if name in errors:
+                    continue
+                flags.apply()
+                try:
+                    if round_ == 0:  # warm-up (kernel choice, allocator), then attribution
+                        _train(model, batch, loss_fn, start, 1, lr, device)
+                        ops[name] = _op_times(
+                            lambda: _train(model, batch, loss_fn, start, 1, lr, device), device
+                        )
+                        continue
+                    t0 = time.perf_counter()
+                    finals[name].append(_train(model, batch, loss_fn, start, steps, lr, device))
+                    seconds[name].append((time.perf_counter() - t0) / steps)
+                except RuntimeError as err:
+                    # Strict mode raising on an op is a finding, not a failed measurement.
+                    errors[name] = _first_line(err)
+    finally:
+        model.load_state_dict(start)
+        saved.apply()
+    measured = [
+        (
+            name,
+            description,
+            None if name in errors else min(seconds[name]),
+            None if name in errors else all(_same_bits(finals[name][0], f) for f in finals[name]),
+            errors.get(name),
+            ops[name],
+        )
+        for name, description, _ in _SETTINGS
+    ]
+    base_time = measured[0][2]
+    base_ops = measured[0][5]
+    settings = []
+    for name, description, sec, repeatable, error, op_ms in measured:
+        extra = sorted(
+            ((op, ms - base_ops.get(op, 0.0)) for op, ms in op_ms.items()),
+            key=lambda item: -item[1],
+        )
+        settings.append(
+            SettingCost(
+                name=name,
+                description=description,
+                seconds_per_step=sec,
+                ratio=base_time / sec if sec and base_time else None,
+                repeatable=repeatable,
+                error=error,
+                extra_ops=tuple((op, ms) for op, ms in extra[:top] if ms > 0),
+            )
+        )
+    return CostReport(
+        device=_describe(device), steps=steps, rounds=rounds, settings=tuple(settings)
+    )
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+class _FieldModel(nn.Module):
+    """FIELD.md's model: conv, `index_add_` messages, bilinear upsample, adaptive avg pool."""
+
+    def __init__(self, channels: int = 16, classes: int = 10, edges: int = 512) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect")
+        self.pool = nn.AdaptiveAvgPool2d(5)
+        self.head = nn.Linear(channels * 25, classes)
+        generator = torch.Generator().manual_seed(0)
+        self.src: torch.Tensor
+        self.dst: torch.Tensor
+        self.register_buffer("src", torch.randint(0, 256, (edges,), generator=generator))
+        self.register_buffer("dst", torch.randint(0, 256, (edges,), generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))  # (N, C, 16, 16): 256 nodes per image
+        nodes = h.flatten(2)
+        messages = torch.zeros_like(nodes).index_add_(2, self.dst, nodes.index_select(2, self.src))
+        h = h + messages.view_as(h)
+        h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+        h = torch.relu(self.conv2(h))
+        return self.head(self.pool(h).flatten(1))  # type: ignore[no-any-return]
+
+
+def example_workload(
+    device: str | torch.device = "cpu", batch_size: int = 8
+) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], LossFn]:
+    """FIELD.md's irreproducible-on-CUDA model with a batch and a loss, for cost reports.
+
+    Conv, `index_add_` message passing, bilinear upsampling, reflection padding and
+    adaptive average pooling, on 16x16 images; built from a fixed seed without touching
+    the global RNG.
+
+    Example:
+        >>> model, (x, y), loss_fn = example_workload()
+        >>> loss_fn(model(x), y).shape
+        torch.Size([])
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _FieldModel().to(device)
+        x = torch.randn(batch_size, 3, 16, 16).to(device)
+        y = torch.randint(0, 10, (batch_size,)).to(device)
+    return model, (x, y), F.cross_entropy
+
+
+def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cpu") -> CostReport:
+    """Cost report for `module:function` (which returns `(model, batch, loss_fn)`), or for
+    `example_workload(device)` when `spec` is None. Meant for `torchrepro cost [SPEC]`.
+
+    Example:
+        >>> cost_from_spec(None, steps=1).settings[0].name
+        'defaults'
+    """
+    if spec is None:
+        model, batch, loss_fn = example_workload(device)
+        return determinism_cost(model, batch, loss_fn, steps=steps)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise DeterminismError(
+            f"a workload spec is 'module:function'; got {spec!r}. Pass e.g. "
+            "'mypkg.train:cost_workload', a function returning (model, batch, loss_fn)."
+        )
+    factory = getattr(importlib.import_module(module_name), attr)
+    workload: Any = factory()
+    if not (isinstance(workload, tuple) and len(workload) == 3):
+        raise DeterminismError(
+            f"{spec} must return (model, batch, loss_fn); got {type(workload).__name__}."
+        )
+    model, batch, loss_fn = workload
+    return determinism_cost(model, batch, loss_fn, steps=steps)
