@@ -1,0 +1,560 @@
+"""``torchrepro check``: run a training several times, compare, and say where and why it parts.
+
+Each run is a separate process started under ``torchrepro run`` seeding with the recorder
+on (parameters, gradients, the batch and RNG digests every optimizer step), with no
+change to the script. In lockstep mode (the default) the runs go side by side and their
+records are compared as they grow: the first divergence stops them all, so a divergence at
+step 5 of a 10,000-step training costs about 5 steps. Then both runs are replayed up to that
+step with the op tracer of :mod:`torchrepro.localize` to name the module and op, and the
+environment manifests are compared.
+
+Exit status of the command: 0 identical, 1 diverged, 2 usage error, 3 a run failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from torchrepro import localize as loc
+from torchrepro._derive import SeedLike
+from torchrepro.compare import EnvDifference, entry_values, environment_differences
+from torchrepro.errors import RecordError, TorchReproError
+from torchrepro.launch import child_environment
+from torchrepro.record import FORMAT
+from torchrepro.seeding import resolve_seed
+
+IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
+EXIT_CODES = {IDENTICAL: 0, DIVERGED: 1, FAILED: 3}
+RUN_INDEX_ENV = "TORCHREPRO_RUN"
+NO_SEED_ENV = "TORCHREPRO_NO_SEED"
+_POLL_SECONDS = 0.02
+_SECTION_WORDS = {"batch": "the input batch", "rng": "RNG state", "log": "logged value",
+                  "grads": "gradients", "params": "parameters"}
+
+
+class CheckError(TorchReproError):
+    """``check`` could not be carried out as asked."""
+
+
+@dataclass
+class RunOutcome:
+    """One run of the command.
+
+    Attributes:
+        index: 1-based run number.
+        record: Path of its record file.
+        steps: Entries recorded.
+        returncode: Exit status, or None if check stopped it (early stop).
+        stderr_tail: The last lines of its standard error.
+    """
+
+    index: int
+    record: str
+    steps: int = 0
+    returncode: int | None = None
+    stopped: bool = False
+    stderr_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first entry at which run ``b`` differs from run ``a``."""
+
+    a: int
+    b: int
+    entry: int
+    step: int | None
+    optimizer: int | None
+    keys: tuple[str, ...]
+
+    @property
+    def section(self) -> str:
+        """Where the first difference is: batch, rng, log, grads, params or steps."""
+        return self.keys[0].split(".", 1)[0].split("[", 1)[0] if self.keys else "steps"
+
+    def describe(self) -> str:
+        """The first differing record, in words."""
+        if not self.keys:
+            return "the runs recorded a different number of steps"
+        key = self.keys[0]
+        section = self.section
+        name = key.split(".", 1)[1] if "." in key else key
+        if section == "batch":
+            return f"the input batch ({key})"
+        more = f" (+{len(self.keys) - 1} more)" if len(self.keys) > 1 else ""
+        return f"{_SECTION_WORDS.get(section, section)} of {name}{more}"
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found. ``render()`` is the text the command prints."""
+
+    verdict: str
+    command: list[str]
+    seed: int | None
+    runs: list[RunOutcome]
+    steps_compared: int = 0
+    divergence: Divergence | None = None
+    localization: loc.Localization | None = None
+    environment: list[EnvDifference] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 identical, 1 diverged, 3 a run failed."""
+        return EXIT_CODES[self.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        """The full report as JSON-serialisable data (``--json``)."""
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "command": self.command,
+            "seed": self.seed,
+            "steps_compared": self.steps_compared,
+            "runs": [vars(run) for run in self.runs],
+            "divergence": None
+            if self.divergence is None
+            else {**vars(self.divergence), "section": self.divergence.section},
+            "localization": None if self.localization is None else vars(self.localization),
+            "environment": [vars(d) for d in self.environment],
+            "causes": self.causes,
+            "message": self.message,
+        }
+
+    def render(self) -> str:
+        """The human-readable verdict."""
+        lines: list[str] = []
+        if self.verdict == FAILED:
+            lines.append(f"FAILED: {self.message}")
+            for run in self.runs:
+                if run.stderr_tail and not run.stopped and run.returncode not in (0, None):
+                    lines.append(f"  run {run.index} exited with status {run.returncode}; "
+                                 "its stderr ends with:")
+                    lines += [f"    {line}" for line in run.stderr_tail.splitlines()]
+            return "\n".join(lines)
+        if self.verdict == IDENTICAL:
+            lines.append(
+                f"bitwise identical: {len(self.runs)} runs, {self.steps_compared} steps compared"
+            )
+        else:
+            d = self.divergence
+            assert d is not None
+            lines.append(f"DIVERGED at step {d.step} (of {self.steps_compared} compared)"
+                         + (f", run {d.b} vs run {d.a}" if len(self.runs) > 2 else ""))
+            lines.append(f"  first differing record: {d.describe()}")
+            if self.localization is not None:
+                lines.append(f"  first differing module: {self.localization.describe()}")
+        if self.environment:
+            lines.append(f"  environment: {len(self.environment)} difference(s)")
+            lines += [f"    {e.key}: {e.a} vs {e.b} ({e.note})" for e in self.environment]
+        else:
+            lines.append("  environment: identical")
+        if self.causes:
+            lines.append("  likely causes: " + self.causes[0])
+            lines += [f"                 {cause}" for cause in self.causes[1:]]
+        return "\n".join(lines)
+
+
+class _Tail:
+    """Reads the complete lines appended to a record file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.buffer = ""
+        self.offset = 0
+        self.header: dict[str, Any] | None = None
+        self.entries: list[dict[str, Any]] = []
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                file.seek(self.offset)
+                chunk = file.read()
+                self.offset = file.tell()
+        except FileNotFoundError:
+            return
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            obj = json.loads(line)
+            if self.header is None:
+                if obj.get("format") != FORMAT:
+                    raise RecordError(f"{self.path} is not a torchrepro record")
+                self.header = obj
+            else:
+                self.entries.append(obj)
+
+
+@dataclass
+class _Run:
+    outcome: RunOutcome
+    process: subprocess.Popen[bytes]
+    tail: _Tail
+    stderr_path: Path
+
+    def finished(self) -> bool:
+        return self.process.poll() is not None
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Ends a run and everything it started (DataLoader workers, ranks): its process group."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail_of(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...] | None:
+    """The keys that differ between two entries in causal order, or None when they match."""
+    if (a.get("step"), a.get("optimizer")) != (b.get("step"), b.get("optimizer")):
+        return ("steps",)
+    if a.get("algorithm") != b.get("algorithm"):
+        raise CheckError(
+            f"the runs digested with different algorithms ({a.get('algorithm')} vs "
+            f"{b.get('algorithm')}); their records cannot be compared."
+        )
+    va, vb = entry_values(a), entry_values(b)
+    keys = [*va, *(k for k in vb if k not in va)]
+    differing = tuple(k for k in keys if va.get(k) != vb.get(k))
+    return differing or None
+
+
+class _Session:
+    """Starts, watches and stops the runs of one check."""
+
+    def __init__(self, command: Sequence[str], workdir: Path, env: dict[str, str],
+                 timeout: float | None, progress: Callable[[str], None] | None) -> None:
+        self.command, self.workdir, self.env = list(command), workdir, env
+        self.timeout, self.progress = timeout, progress
+        self.runs: list[_Run] = []
+        self._files: list[IO[bytes]] = []
+
+    def start(self, index: int, extra: dict[str, str] | None = None, name: str = "run") -> _Run:
+        record = self.workdir / f"{name}{index}.jsonl"
+        stderr_path = self.workdir / f"{name}{index}.stderr"
+        env = {**self.env, "TORCHREPRO_RECORD": str(record), RUN_INDEX_ENV: str(index),
+               **(extra or {})}
+        stdout = open(self.workdir / f"{name}{index}.stdout", "wb")  # noqa: SIM115
+        stderr = open(stderr_path, "wb")  # noqa: SIM115
+        self._files += [stdout, stderr]
+        try:
+            process = subprocess.Popen(self.command, env=env, stdout=stdout, stderr=stderr,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as error:
+            raise CheckError(f"cannot start {self.command[0]!r}: {error.strerror}") from None
+        run = _Run(RunOutcome(index, str(record)), process, _Tail(record), stderr_path)
+        self.runs.append(run)
+        return run
+
+    def close(self) -> None:
+        for run in self.runs:
+            if run.process.poll() is None:
+                run.outcome.stopped = True
+            _stop(run.process)
+            run.tail.poll()
+            run.outcome.steps = len(run.tail.entries)
+            run.outcome.returncode = None if run.outcome.stopped else run.process.returncode
+            run.outcome.stderr_tail = _tail_of(run.stderr_path)
+        for file in self._files:
+            file.close()
+
+    def failed(self, runs: Sequence[_Run]) -> _Run | None:
+        return next((r for r in runs if r.finished() and r.process.returncode != 0), None)
+
+    def watch(self, runs: Sequence[_Run], reference: _Tail | None, max_steps: int | None
+              ) -> tuple[int, Divergence | None, _Run | None]:
+        """Compares the runs' records as they grow until they end, part or fail.
+
+        ``reference`` is a finished run's record that every run is compared with
+        (sequential mode); otherwise the first of ``runs`` is the reference.
+        """
+        started = time.monotonic()
+        compared = 0
+        while True:
+            for run in runs:
+                run.tail.poll()
+            done = all(run.finished() for run in runs)
+            if done:  # read what was written between the poll and the exit
+                for run in runs:
+                    run.tail.poll()
+            base = reference if reference is not None else runs[0].tail
+            others = [r.tail for r in runs if r.tail is not base]
+            available = min(len(t.entries) for t in [base, *others])
+            if max_steps is not None:
+                available = min(available, max_steps)
+            for entry in range(compared, available):
+                for other in others:
+                    keys = _compare(base.entries[entry], other.entries[entry])
+                    if keys is not None:
+                        return entry, self._divergence(base, other, entry, keys), None
+                compared = entry + 1
+                if self.progress is not None:
+                    self.progress(f"steps compared: {compared}")
+            crashed = self.failed(runs)
+            if crashed is not None:
+                return compared, None, crashed
+            if max_steps is not None and compared >= max_steps:
+                return compared, None, None
+            if done:
+                lengths = [len(t.entries) for t in [base, *others]]
+                if len(set(lengths)) > 1:
+                    other = others[lengths.index(max(lengths)) - 1] if lengths[0] == min(
+                        lengths) else others[lengths.index(min(lengths)) - 1]
+                    return compared, self._divergence(base, other, compared, ()), None
+                return compared, None, None
+            if self.timeout is not None and time.monotonic() - started > self.timeout:
+                raise _Timeout()
+            time.sleep(_POLL_SECONDS)
+
+    def _divergence(self, base: _Tail, other: _Tail, entry: int, keys: tuple[str, ...]
+                    ) -> Divergence:
+        index = {id(run.tail): run.outcome.index for run in self.runs}
+        source = base.entries[entry] if entry < len(base.entries) else (
+            other.entries[entry] if entry < len(other.entries) else {})
+        return Divergence(a=index.get(id(base), 1), b=index[id(other)], entry=entry,
+                          step=source.get("step", entry), optimizer=source.get("optimizer"),
+                          keys=keys)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _trace(session: _Session, divergence: Divergence) -> loc.Localization | None:
+    """Replays the two diverging runs up to the divergent entry with the op tracer on."""
+    traces = []
+    runs = []
+    for index in (divergence.a, divergence.b):
+        path = session.workdir / f"trace{index}.jsonl"
+        traces.append(path)
+        runs.append(session.start(index, {loc.TRACE_ENV: str(path),
+                                          loc.TRACE_STEP_ENV: str(divergence.entry)},
+                                  name="replay"))
+    started = time.monotonic()
+    while not all(path.exists() or run.finished() for path, run in zip(traces, runs)):
+        if session.timeout is not None and time.monotonic() - started > session.timeout:
+            break
+        time.sleep(_POLL_SECONDS)
+    for run in runs:
+        _stop(run.process)
+    try:
+        return loc.localize(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
+    except RecordError:
+        return None
+
+
+def _causes(report: CheckReport, deterministic: bool | str | None, no_seed: bool,
+            headers: list[dict[str, Any]]) -> list[str]:
+    causes = [f"{e.key} differs between the runs: {e.note}" for e in report.environment]
+    d, where = report.divergence, report.localization
+    if d is None:
+        return causes
+    hashing_salted = any(
+        h.get("env", {}).get("determinism", {}).get("string_hashing_randomized") for h in headers
+    )
+    if d.section == "batch":
+        causes.append("the data differs before the model sees it: data order or augmentation")
+        if hashing_salted or no_seed:
+            causes.append("str hashing is salted per process, so set/dict-of-str order (e.g. a "
+                          "file list built from a set) changes per run: set PYTHONHASHSEED, or "
+                          "run under torchrepro seeding (drop --no-seed)")
+        if no_seed:
+            causes.append("this check ran without torchrepro seeding (--no-seed): try without it")
+    elif d.section == "rng":
+        causes.append("an RNG state differs: a generator seeded differently or drawing a "
+                      "different number of values (e.g. data-dependent sampling)")
+    if where is not None and where.kind == "op":
+        base = loc.op_base_name(where.op or "")
+        if base in loc.NONDETERMINISTIC_OPS:
+            causes.append(f"{base} in {where.module} has a nondeterministic CUDA kernel; "
+                          "try --deterministic")
+        else:
+            causes.append(f"{base} in {where.module} gave different results from identical "
+                          "inputs: a nondeterministic kernel or a changing setting")
+    elif where is not None and where.kind == "input":
+        causes.append(f"values made outside torch's ops reach {where.module} ({where.phase}): "
+                      "numpy or Python randomness not seeded by torchrepro, os.urandom, time, "
+                      "I/O or another process; seed or remove that source")
+    elif where is not None and where.kind in ("control-flow", "length"):
+        causes.append("the runs took different code paths: a branch on a value that differs "
+                      "(time, a random draw outside the seeded RNGs, file order)")
+    if where is not None and where.nondeterministic_ops:
+        causes.append(f"ops with nondeterministic CUDA kernels ran in {where.module}: "
+                      + ", ".join(where.nondeterministic_ops))
+    if not deterministic and d.section in ("grads", "params", "log"):
+        causes.append("deterministic algorithms were off: try --deterministic")
+    return causes
+
+
+def check(
+    command: Sequence[str],
+    *,
+    runs: int = 2,
+    max_steps: int | None = None,
+    seed: SeedLike | None = None,
+    deterministic: bool | str | None = None,
+    lockstep: bool = True,
+    no_seed: bool = False,
+    localize: bool = True,
+    timeout: float | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CheckReport:
+    """Runs ``command`` ``runs`` times as separate processes and compares their records.
+
+    Args:
+        command: The command, e.g. ``["python", "train.py", "--epochs", "1"]``.
+        runs: How many runs (at least 2).
+        max_steps: Stop the runs after this many optimizer steps.
+        seed: Root seed for every run (default: ``TORCHREPRO_SEED``, else a fresh one).
+        deterministic: As for ``seed_everything``: ``None``, ``True``, ``"warn"``, ``False``.
+        lockstep: Run side by side and stop at the first divergence; else one after another.
+        no_seed: Record only, without torchrepro seeding: checks the script as it is.
+        localize: After a divergence, replay to name the module and op.
+        timeout: Seconds each phase may take before the runs count as failed.
+        workdir: Where records and logs go (default: a temporary folder, removed after).
+        progress: Called with a short progress text.
+
+    Returns:
+        A :class:`CheckReport`; ``.exit_code`` is the command's exit status.
+
+    Raises:
+        CheckError: Bad arguments, or the command cannot be started.
+
+    Example:
+        >>> report = check([sys.executable, "train.py"], max_steps=20)
+        >>> print(report.render())
+        bitwise identical: 2 runs, 20 steps compared
+    """
+    if runs < 2:
+        raise CheckError(f"runs must be at least 2; got {runs}. Pass --runs 2 or more.")
+    if max_steps is not None and max_steps < 1:
+        raise CheckError(f"max_steps must be at least 1; got {max_steps}.")
+    if not command:
+        raise CheckError("no command given; pass e.g. ['python', 'train.py'].")
+    with _workdir(workdir) as folder:
+        root = resolve_seed(seed)
+        env = child_environment(root, deterministic)
+        env["TORCHREPRO_RECORD_WITH"] = "grads,batch,rng"
+        if no_seed:
+            env[NO_SEED_ENV] = "1"
+            for name in ("PYTHONHASHSEED", "TORCHREPRO_SEED"):
+                env.pop(name, None)
+                if name in os.environ:
+                    env[name] = os.environ[name]
+        session = _Session(command, folder, env, timeout, progress)
+        report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
+        try:
+            _compare_runs(session, report, runs, max_steps, lockstep)
+            if report.divergence is not None and localize and report.divergence.keys and \
+                    report.divergence.section not in ("batch", "rng"):
+                report.localization = _trace(session, report.divergence)
+        except _Timeout:
+            report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
+        finally:
+            session.close()
+        report.runs = [run.outcome for run in session.runs if run.tail.path.name.startswith("run")]
+        headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
+        if len(headers) >= 2:
+            report.environment = list(environment_differences(headers[0], headers[1]))
+        if report.verdict != FAILED and not headers:
+            report.verdict = FAILED
+            report.message = ("no run wrote a record: was torchrepro importable by the command's "
+                              "Python, and did it start with -S, -I or -E?")
+        report.causes = _causes(report, deterministic, no_seed, headers)
+        return report
+
+
+def _compare_runs(session: _Session, report: CheckReport, runs: int, max_steps: int | None,
+                  lockstep: bool) -> None:
+    if lockstep:
+        started = [session.start(i) for i in range(1, runs + 1)]
+        compared, divergence, crashed = session.watch(started, None, max_steps)
+    else:
+        first = session.start(1)
+        compared, divergence, crashed = session.watch([first], None, max_steps)
+        for index in range(2, runs + 1):
+            if crashed is not None or divergence is not None:
+                break
+            run = session.start(index)
+            compared, divergence, crashed = session.watch([run], first.tail, max_steps)
+    report.steps_compared = compared
+    if crashed is not None:
+        report.verdict = FAILED
+        report.message = (f"run {crashed.outcome.index} exited with status "
+                          f"{crashed.process.returncode} after {len(crashed.tail.entries)} steps")
+    elif divergence is not None:
+        report.verdict, report.divergence = DIVERGED, divergence
+    elif compared == 0:
+        report.verdict = FAILED
+        report.message = ("the runs recorded no optimizer step: does the command call "
+                          "optimizer.step() in a Python that can import torchrepro?")
+
+
+@contextlib.contextmanager
+def _workdir(path: str | os.PathLike[str] | None) -> Iterator[Path]:
+    if path is not None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="torchrepro-check-") as tmp:
+        yield Path(tmp)
+
+
+def check_reproducible(fn: Callable[[], object], runs: int = 2, steps: int | None = None,
+                       **options: Any) -> CheckReport:
+    """Runs a module-level function in ``runs`` fresh processes and compares their records.
+
+    ``fn`` must be importable by its module name (defined at the top level of a module).
+
+    Example:
+        >>> report = torchrepro.check_reproducible(train_one_epoch, steps=10)
+        >>> report.verdict
+        'identical'
+    """
+    module, name = fn.__module__, fn.__qualname__
+    if "<" in name:
+        raise CheckError(f"{name} is not importable; define it at the top level of a module.")
+    file = sys.modules[module].__file__ if module in sys.modules else None
+    command = [sys.executable, "-c", f"import importlib; importlib.import_module({module!r})"
+               f".{name}()"]
+    env_path = os.environ.get("PYTHONPATH", "")
+    if file is not None:
+        folder = str(Path(file).resolve().parent)
+        if module == "__main__":
+            raise CheckError("fn is defined in __main__; move it into a module to import it.")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env_path]))
+    try:
+        return check(command, runs=runs, max_steps=steps, **options)
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+        if not env_path:
+            del os.environ["PYTHONPATH"]
