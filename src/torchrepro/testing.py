@@ -110,10 +110,11 @@ def _bits(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 def _first_difference_in_array(
     first: np.ndarray[Any, Any], other: np.ndarray[Any, Any]
 ) -> str | None:
+    """The first difference, as text to append to the output's path, or None."""
     if first.dtype != other.dtype:
-        return f"dtype {first.dtype} vs {other.dtype}"
+        return f": dtype {first.dtype} vs {other.dtype}"
     if first.shape != other.shape:
-        return f"shape {first.shape} vs {other.shape}"
+        return f": shape {first.shape} vs {other.shape}"
     if first.dtype.hasobject:
         raise TorchReproError(
             "assert_reproducible compares arrays bitwise and cannot compare object arrays; "
@@ -124,9 +125,10 @@ def _first_difference_in_array(
     if count == 0:
         return None
     flat = int(np.argmax(differs))
-    where = tuple(int(i) for i in np.unravel_index(flat, first.shape)) if first.shape else ()
+    index = ", ".join(str(int(i)) for i in np.unravel_index(flat, first.shape))
     a, b = first.reshape(-1)[flat].item(), other.reshape(-1)[flat].item()
-    return f"element {where}: {a!r} vs {b!r} ({count} of {first.size} elements differ)"
+    where = f"[{index}]" if first.shape else ""
+    return f"{where}: {a!r} vs {b!r} ({count} of {first.size} elements differ)"
 
 
 def _tensor_as_array(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
@@ -153,9 +155,11 @@ def _first_difference(first: Any, other: Any, path: str) -> str | None:
         if first.dtype != other.dtype:
             return f"{path}: dtype {first.dtype} vs {other.dtype}"
         found = _first_difference_in_array(_tensor_as_array(first), _tensor_as_array(other))
-    elif isinstance(first, np.ndarray | np.generic):
+        return None if found is None else path + found
+    if isinstance(first, np.ndarray | np.generic):
         found = _first_difference_in_array(np.asarray(first), np.asarray(other))
-    elif isinstance(first, float):
+        return None if found is None else path + found
+    if isinstance(first, float):
         found = None if _same_float(first, other) else f"{first!r} vs {other!r}"
     elif isinstance(first, complex):
         same = _same_float(first.real, other.real) and _same_float(first.imag, other.imag)
