@@ -92,7 +92,11 @@ def _resolve_base_seed(config: pytest.Config) -> int:
     cache = getattr(config, "cache", None)
     last = None if cache is None else cache.get(CACHE_KEY, None)
     if not isinstance(last, int):
-        where = "pytest's cache is off (-p no:cacheprovider)" if cache is None else "none"
+        where = (
+            "pytest's cache is off: -p no:cacheprovider"
+            if cache is None
+            else "none in .pytest_cache"
+        )
         raise pytest.UsageError(
             f"{OPTION}=last: no previous run's seed was found ({where}). "
             f"Run once without it, or pass the seed printed in that run's header ({OPTION}=N)."
@@ -149,8 +153,8 @@ def item_seed(item: pytest.Item) -> int:
     """The seed of one test: ``derive_seed(base_seed, "test", item.nodeid)``.
 
     Example:
-        >>> item_seed(item)  # in a hook or fixture, under ``--torchrepro-seed=1``
-        9024785424627869155
+        >>> item_seed(item) == derive_seed(1, "test", item.nodeid)  # --torchrepro-seed=1
+        True
     """
     if _test_seed_key not in item.stash:
         base = item.config.stash[_base_seed_key]
