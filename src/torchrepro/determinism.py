@@ -117,7 +117,12 @@ def snapshot() -> Snapshot:
 def restore(saved: Snapshot) -> None:
     """Puts back what :func:`snapshot` captured."""
     for name, value in saved.flags.items():
-        _FLAGS[name][1](value)
+        # Only what changed: torch.use_deterministic_algorithms imports torch._inductor
+        # (seconds) even to set the value it already has, and the pytest plugin restores
+        # after every test.
+        get, put = _FLAGS[name]
+        if get() != value:
+            put(value)
     for name, env_value in saved.env.items():
         if env_value is None:
             os.environ.pop(name, None)
