@@ -21,3 +21,7 @@ class StateError(TorchReproError, ValueError):
 
 class RecordError(TorchReproError, ValueError):
     """A run record that cannot be read or compared."""
+
+
+class FingerprintError(TorchReproError, TypeError):
+    """A value that cannot be digested, or a digest algorithm that does not fit the data."""
