@@ -375,12 +375,11 @@ def fingerprint(
     """
     if isinstance(x, torch.Tensor):
         return _digest_tensors([x], algorithm).resolve()[0]
-    if isinstance(x, torch.nn.Module):
-        kind, state = "module", dict(x.state_dict(keep_vars=False))
-    elif isinstance(x, torch.optim.Optimizer):
-        kind, state = "optimizer", dict(x.state_dict())
+    # A module or optimizer digests exactly like its state dict, so either can be compared.
+    if isinstance(x, (torch.nn.Module, torch.optim.Optimizer)):
+        state = dict(x.state_dict())
     elif isinstance(x, Mapping):
-        kind, state = "mapping", dict(x)
+        state = dict(x)
     else:
         raise FingerprintError(
             f"cannot digest {type(x).__name__}; expected a tensor, nn.Module, optimizer or "
@@ -391,7 +390,7 @@ def fingerprint(
     tensors = [v for _, v in leaves if isinstance(v, torch.Tensor)]
     pending = _digest_tensors(tensors, algorithm)
     digests = iter(pending.resolve())
-    h = hashlib.blake2b(f"torchrepro-{kind}\0{pending.algorithm}\0".encode(), digest_size=16)
+    h = hashlib.blake2b(f"torchrepro-state\0{pending.algorithm}\0".encode(), digest_size=16)
     for path, value in leaves:
         text = f"tensor:{next(digests)}" if isinstance(value, torch.Tensor) else _leaf_text(value)
         h.update(f"{path}\0{text}\0".encode())
