@@ -262,26 +262,43 @@ def _lanes_of(datas: list[torch.Tensor]) -> torch.Tensor:
 class _PendingDigests:
     """Digests of many tensors, possibly still on their devices.
 
-    ``resolve()`` brings them to the host with one transfer per device.
+    ``start_transfer()`` queues the copy of the sums to the host without waiting;
+    ``resolve()`` waits for it (one transfer per device) and finishes the digests.
     """
 
     def __init__(self, algorithm: str, count: int) -> None:
         self.algorithm = algorithm
-        self._done: list[str | None] = [None] * count
+        self._done: list[str] = [""] * count
         self._device_parts: list[tuple[list[int], list[bytes], torch.Tensor]] = []
+        self._copies: list[tuple[torch.Tensor, Any]] = []
 
     @property
     def on_host(self) -> bool:
         """True when resolve() needs no device transfer."""
         return not self._device_parts
 
+    def start_transfer(self) -> None:
+        if self._copies or not self._device_parts:
+            return
+        for _, _, sums in self._device_parts:
+            if sums.device.type == "cuda":
+                # Lands in pinned memory; the event says when it has arrived.
+                host = sums.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                self._copies.append((host, event))
+            else:
+                self._copies.append((sums.cpu(), None))
+
     def resolve(self) -> list[Digest]:
-        for indices, headers, sums in self._device_parts:
-            values = sums.cpu().tolist()  # the one transfer: 16 bytes per tensor
-            for i, header, (a, b) in zip(indices, headers, values):
+        self.start_transfer()
+        for (indices, headers, _), (host, event) in zip(self._device_parts, self._copies):
+            if event is not None:
+                event.synchronize()
+            for i, header, (a, b) in zip(indices, headers, host.tolist()):
                 self._done[i] = _finish_lanes(header, a, b)
-        self._device_parts = []
-        return [Digest(h, self.algorithm) for h in self._done if h is not None]
+        self._device_parts, self._copies = [], []
+        return [Digest(h, self.algorithm) for h in self._done]
 
 
 def _digest_tensors(
