@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torchrepro.compare import RecordDiff, diff_records
 from torchrepro.env import environment
 from torchrepro.fingerprint import Digest, fingerprint
 from torchrepro.record import Record, Recorder, log, read_record, record
@@ -9,7 +10,9 @@ from torchrepro.record import Record, Recorder, log, read_record, record
 __all__ = [
     "Digest",
     "Record",
+    "RecordDiff",
     "Recorder",
+    "diff_records",
     "environment",
     "fingerprint",
     "log",

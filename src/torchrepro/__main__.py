@@ -1,0 +1,9 @@
+"""``python -m torchrepro``: the command line."""
+
+from __future__ import annotations
+
+import sys
+
+from torchrepro.cli import main
+
+sys.exit(main())
