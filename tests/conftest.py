@@ -20,18 +20,28 @@ BOOTSTRAP = (
 )
 
 
+def start_recorded(record: Path, script: str = "train_cnn.py", **env: str) -> subprocess.Popen[str]:
+    """Start a training script in a fresh interpreter under the recorder."""
+    full = dict(os.environ, TORCHREPRO_RECORD=str(record), **env)
+    return subprocess.Popen(
+        [sys.executable, "-c", BOOTSTRAP, str(SCRIPTS / script)],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_recorded(
     record: Path, script: str = "train_cnn.py", **env: str
 ) -> subprocess.CompletedProcess[str]:
     """Run a training script in a fresh interpreter under the recorder."""
-    full = dict(os.environ, TORCHREPRO_RECORD=str(record), **env)
-    return subprocess.run(
-        [sys.executable, "-c", BOOTSTRAP, str(SCRIPTS / script)],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return finish(start_recorded(record, script, **env))
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_recorded
 
+from conftest import finish, run_recorded, start_recorded
 from torchrepro.cli import main
 from torchrepro.compare import diff_records
 from torchrepro.record import read_record
@@ -21,8 +21,9 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three real runs of the same script: two plain, one with lr changed from step 5."""
     d = tmp_path_factory.mktemp("records")
     runs = {"a": {}, "b": {}, "planted": {"PLANT_LR_FROM": "5"}}
-    for name, env in runs.items():
-        proc = run_recorded(d / f"{name}.jsonl", STEPS="8", **env)
+    # Started together: separate processes, as two real trainings would be.
+    procs = [start_recorded(d / f"{name}.jsonl", STEPS="8", **env) for name, env in runs.items()]
+    for proc in map(finish, procs):
         assert proc.returncode == 0, proc.stderr
     return {name: d / f"{name}.jsonl" for name in runs}
 
@@ -48,13 +49,26 @@ def test_cli_diff_exit_codes_say_identical_or_diverged(records: dict[str, Path])
     env = dict(os.environ)
     same = subprocess.run(
         [sys.executable, "-m", "torchrepro", "diff", str(records["a"]), str(records["b"])],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert same.returncode == 0, same.stderr
     changed = subprocess.run(
-        [sys.executable, "-m", "torchrepro", "diff", "--json", str(records["a"]),
-         str(records["planted"])],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "torchrepro",
+            "diff",
+            "--json",
+            str(records["a"]),
+            str(records["planted"]),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert changed.returncode == 1, changed.stderr
     report = json.loads(changed.stdout)

@@ -44,14 +44,26 @@ def test_manifest_does_not_initialise_cuda() -> None:
 
 
 def test_git_commit_is_recorded_inside_a_repository(tmp_path: os.PathLike[str]) -> None:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     try:
         subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=env)
-        subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"],
-                       check=True, env=env)
-        head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"],
+            check=True,
+            env=env,
+        )
+        head = subprocess.run(
+            ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("git is not usable here")
     assert environment(cwd=str(tmp_path))["git"] == {"commit": head, "dirty": False}
@@ -70,7 +82,12 @@ def test_format_and_flatten_use_dotted_keys() -> None:
 def test_cli_env_prints_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env"]) == 0
     assert f"torch{' '}" in capsys.readouterr().out
-    proc = subprocess.run([sys.executable, "-m", "torchrepro", "env", "--json"],
-                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchrepro", "env", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["torch"] == torch.__version__

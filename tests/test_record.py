@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_recorded
 from torch import nn
 
 import torchrepro
+from conftest import run_recorded
 from torchrepro.errors import RecordError
 from torchrepro.fingerprint import fingerprint
 from torchrepro.record import SCHEMA_VERSION, rank_path, read_record, start_from_env
@@ -71,7 +71,10 @@ def test_optional_grads_batch_and_rng_are_recorded(tmp_path: Path) -> None:
     opt.step()
     recorder.close()
     (entry,) = read_record(recorder.path).entries
-    assert entry["grads"] == {"weight": fingerprint(model.weight.grad), "bias": fingerprint(model.bias.grad)}  # type: ignore[arg-type]
+    assert entry["grads"] == {
+        "weight": fingerprint(model.weight.grad),
+        "bias": fingerprint(model.bias.grad),
+    }  # type: ignore[arg-type]
     assert entry["batch"] == [[fingerprint(x)]]
     assert entry["rng"]["torch"] == fingerprint(torch.get_rng_state())
     assert set(entry["rng"]) >= {"torch", "numpy", "python"}

@@ -145,7 +145,9 @@ class RecordDiff:
     def render(self) -> str:
         """The human-readable report ``torchrepro diff`` prints."""
         out = [f"A: {self.a} ({self.length_a} steps{', cut short' if self.truncated_a else ''})"]
-        out.append(f"B: {self.b} ({self.length_b} steps{', cut short' if self.truncated_b else ''})")
+        out.append(
+            f"B: {self.b} ({self.length_b} steps{', cut short' if self.truncated_b else ''})"
+        )
         if self.env:
             out.append(f"environment: {len(self.env)} difference(s)")
             for d in self.env:
@@ -280,8 +282,10 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
         va, vb = _values(ea), _values(eb)
         keys = [*va, *(k for k in vb if k not in va)]
         differing = tuple(k for k in keys if va.get(k) != vb.get(k))
-        if differing or ea.get("step") != eb.get("step") or ea.get("optimizer") != eb.get(
-            "optimizer"
+        if (
+            differing
+            or ea.get("step") != eb.get("step")
+            or ea.get("optimizer") != eb.get("optimizer")
         ):
             return RecordDiff(
                 **base,

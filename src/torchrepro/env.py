@@ -83,7 +83,9 @@ def _gpu() -> dict[str, Any] | None:
     return {
         "count": count,
         "names": [torch.cuda.get_device_name(i) for i in range(count)],
-        "capability": [".".join(map(str, torch.cuda.get_device_capability(i))) for i in range(count)],
+        "capability": [
+            ".".join(map(str, torch.cuda.get_device_capability(i))) for i in range(count)
+        ],
         "driver": driver,
     }
 
@@ -94,16 +96,16 @@ def _nccl() -> str | None:
     try:
         from torch.cuda import nccl
 
-        v = nccl.version()
+        v = nccl.version()  # type: ignore[no-untyped-call]
     except (ImportError, RuntimeError, AttributeError):
         return None  # a build without NCCL
     return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def _cudnn() -> str | None:
-    if not torch.backends.cudnn.is_available():
+    if not torch.backends.cudnn.is_available():  # type: ignore[no-untyped-call]
         return None
-    v = torch.backends.cudnn.version()
+    v = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
     return None if v is None else str(v)
 
 
@@ -116,7 +118,9 @@ def _determinism() -> dict[str, Any]:
         "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
+        "fill_uninitialized_memory": getattr(  # absent before torch 2.1
+            torch.utils.deterministic, "fill_uninitialized_memory", None
+        ),
     }
 
 

@@ -146,7 +146,7 @@ def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
     data = _as_bytes(t)
     h = xxhash.xxh3_128(b"torchrepro-xxh3_128\0" + _header(t))
     if data.numel():
-        view = memoryview(data.numpy())  # zero-copy: the tensor is on the CPU here
+        view = data.numpy().data  # zero-copy: the tensor is on the CPU here
         step = chunk_bytes or len(view)
         for start in range(0, len(view), step):
             h.update(view[start : start + step])
@@ -284,7 +284,7 @@ class _PendingDigests:
             if sums.device.type == "cuda":
                 # Lands in pinned memory; the event says when it has arrived.
                 host = sums.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 event.record()
                 self._copies.append((host, event))
             else:

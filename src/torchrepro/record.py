@@ -115,15 +115,16 @@ def _rng_digests() -> dict[str, str]:
 
     out = {"torch": str(fingerprint(torch.get_rng_state()))}
     # Reading CUDA generators is only safe and meaningful once CUDA is in use.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             out[f"cuda:{i}"] = str(fingerprint(state))
     _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    out["numpy"] = str(
-        fingerprint(
-            {"keys": torch.from_numpy(keys.copy()), "pos": int(pos), "gauss": (has_gauss, gauss)}
-        )
-    )
+    numpy_state = {
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "gauss": (has_gauss, gauss),
+    }
+    out["numpy"] = str(fingerprint(numpy_state))
     version, internal, gauss_next = random.getstate()
     out["python"] = str(
         fingerprint({"v": version, "state": torch.tensor(internal), "gauss": gauss_next})
@@ -187,9 +188,7 @@ class Recorder:
             self._on_forward_pre
         )
         self._post_handle: RemovableHandle | None = (
-            register_module_forward_hook(self._on_forward_post, always_call=True)
-            if batch
-            else None
+            register_module_forward_hook(self._on_forward_post, always_call=True) if batch else None
         )
         atexit.register(self.close)
 
