@@ -218,12 +218,12 @@ class Recorder:
             index = info.index if info is not None else len(self._optimizers)
             info = _OptimizerInfo(index, self._names(optimizer), len(params))
             self._optimizers[optimizer] = info
-        tensors = [p.detach() for p in params]
+        tensors = list(params)  # the digest functions read .detach()ed data themselves
         labels = [("params", name) for name in info.names]
         if self.grads:
             for name, p in zip(info.names, params):
                 if p.grad is not None:
-                    tensors.append(p.grad.detach())
+                    tensors.append(p.grad)
                     labels.append(("grads", name))
         digests = _digest_tensors(tensors, self.algorithm)
         entry: dict[str, Any] = {
@@ -284,14 +284,14 @@ class Recorder:
 
     def _finish(self, pending: _PendingEntry) -> None:
         entry = pending.entry
-        digests = pending.digests.resolve()
+        digests = pending.digests.hexdigests()
         for (section, name), digest in zip(pending.names, digests):
-            entry.setdefault(section, {})[name] = str(digest)
+            entry.setdefault(section, {})[name] = digest
         entry.setdefault("params", {})
         if self.grads:
             entry.setdefault("grads", {})
         if self.batch:
-            entry["batch"] = [[str(d) for d in b.resolve()] for b in pending.batch]
+            entry["batch"] = [b.hexdigests() for b in pending.batch]
         if pending.logs:
             entry["log"] = {k: _log_value(v, self.algorithm) for k, v in pending.logs.items()}
         self._write(entry)
