@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from torchrepro._derive import derive_seed
+from torchrepro.compare import RecordDiff, diff_records
 from torchrepro.data import seed_worker, worker_init_fn
 from torchrepro.determinism import (
     DeterminismStatus,
@@ -23,14 +24,18 @@ from torchrepro.detops import (
     patch_nondeterministic_ops,
     unpatch_nondeterministic_ops,
 )
+from torchrepro.env import environment
 from torchrepro.errors import (
     DeterminismError,
+    FingerprintError,
     RecordError,
     ReplacementError,
     SeedError,
     StateError,
     TorchReproError,
 )
+from torchrepro.fingerprint import Digest, fingerprint
+from torchrepro.record import Record, Recorder, log, read_record, record
 from torchrepro.seeding import (
     isolate_rng,
     numpy_generator,
@@ -45,7 +50,12 @@ __all__ = [
     "CostReport",
     "DeterminismError",
     "DeterminismStatus",
+    "Digest",
+    "FingerprintError",
+    "Record",
+    "RecordDiff",
     "RecordError",
+    "Recorder",
     "ReplacementError",
     "SeedError",
     "StateError",
@@ -55,10 +65,16 @@ __all__ = [
     "determinism_status",
     "deterministic",
     "deterministic_ops",
+    "diff_records",
     "enable_determinism",
+    "environment",
+    "fingerprint",
     "isolate_rng",
+    "log",
     "numpy_generator",
     "patch_nondeterministic_ops",
+    "read_record",
+    "record",
     "root_seed",
     "seed_everything",
     "seed_worker",

@@ -483,7 +483,9 @@ def check(
         report.runs = [run.outcome for run in session.runs if run.tail.path.name.startswith("run")]
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
         if len(headers) >= 2:
-            report.environment = list(environment_differences(headers[0], headers[1]))
+            report.environment = list(
+                environment_differences(headers[0]["env"], headers[1]["env"])
+            )
         if report.verdict != FAILED and not headers:
             report.verdict = FAILED
             report.message = ("no run wrote a record: was torchrepro importable by the command's "

@@ -7,11 +7,13 @@ A verb that runs a command (``run``) exits with that command's status.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from torchrepro.errors import TorchReproError
 
+FINDING = 1
 USAGE_ERROR = 2
 
 
@@ -106,6 +108,42 @@ def _add_cost(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler=_cost)
 
 
+def _env(args: argparse.Namespace) -> int:
+    from torchrepro.env import environment, format_environment
+
+    manifest = environment()
+    print(json.dumps(manifest, indent=2) if args.json else format_environment(manifest))
+    return 0
+
+
+def _add_env(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("env", help="print the environment manifest records embed")
+    p.add_argument("--json", action="store_true", help="print JSON instead of aligned text")
+    p.set_defaults(handler=_env)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from torchrepro.compare import diff_records
+
+    result = diff_records(args.a, args.b)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    if not result.comparable:
+        return USAGE_ERROR
+    return FINDING if not result.identical else 0
+
+
+def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "diff",
+        help="compare two run records: environment, then the first diverging step",
+        description="Exit 0 if identical, 1 if they diverge, 2 if they cannot be compared.",
+    )
+    p.add_argument("a", help="first record (JSON lines written by torchrepro.record)")
+    p.add_argument("b", help="second record")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_diff)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``torchrepro`` command."""
     parser = argparse.ArgumentParser(
@@ -115,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_run(subparsers)
     _add_cost(subparsers)
+    _add_env(subparsers)
+    _add_diff(subparsers)
     return parser
 
 

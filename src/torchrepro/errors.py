@@ -25,3 +25,7 @@ class RecordError(TorchReproError, ValueError):
 
 class ReplacementError(TorchReproError, ValueError):
     """Arguments that a deterministic op replacement does not support, or that the op rejects."""
+
+
+class FingerprintError(TorchReproError, TypeError):
+    """A value that cannot be digested, or a digest algorithm that does not fit the data."""

@@ -85,11 +85,11 @@ def _innermost(parents: Iterable[str]) -> str:
     return rest or root
 
 
-class _Tracer(TorchDispatchMode):
+class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Digests every op's tensor inputs and outputs while active."""
 
     def __init__(self, tracker: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.tracker = tracker
         self.events: list[dict[str, Any]] = []
         self.pid = os.getpid()
@@ -136,13 +136,13 @@ class _StepTrace:
         if self.tracker is not None:
             self.tracker.__enter__()
         self.tracer = _Tracer(self.tracker)
-        self.tracer.__enter__()
+        self.tracer.__enter__()  # type: ignore[no-untyped-call]
 
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.steps_seen += 1
         if self.tracer is not None:
             tracer, self.tracer = self.tracer, None
-            tracer.__exit__(None, None, None)
+            tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             if self.tracker is not None:
                 self.tracker.__exit__(None, None, None)
             self.handle.remove()

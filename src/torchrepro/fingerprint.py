@@ -1,0 +1,443 @@
+"""Exact digests of tensors, modules, state dicts and optimizers, computed where the data lives.
+
+A digest covers the bytes of a tensor plus its dtype and shape, so identical bytes give the
+identical digest on every machine with the same device type, whatever the memory layout
+(strides, channels-last, views) or the way the bytes are split into chunks.
+
+Two algorithms, each named in every result:
+
+* ``"xxh3_128"`` (the default for CPU tensors): xxHash's XXH3-128 over the raw bytes, streamed.
+  Runs at memory speed on the host.
+* ``"lanes64x2-v1"`` (the default for CUDA and any other device; also runs on CPU when asked
+  for with ``algorithm="lanes"``): the bytes are viewed as 64-bit lanes; each lane is XORed
+  with a key derived from its position and mixed by a splitmix64-style finalizer; two
+  independent wrapping 64-bit sums (different keys, different finalizers) reduce the lanes.
+  Everything is plain torch integer ops, so it runs on the tensor's own device and only the
+  16-byte pair of sums per tensor travels to the host, where it is combined with dtype and
+  shape. Many tensors are concatenated into one buffer per chunk, so hundreds of small
+  parameters cost a few dozen kernels, not a few thousand.
+
+Digests of different algorithms never match; compare records made with the same one.
+
+This module imports nothing of torchrepro but its errors, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import xxhash
+
+from torchrepro.errors import FingerprintError
+
+__all__ = ["ALGORITHMS", "Digest", "fingerprint"]
+
+XXH3 = "xxh3_128"
+LANES = "lanes64x2-v1"
+ALGORITHMS = (XXH3, LANES)
+_ALIASES = {"xxh3": XXH3, XXH3: XXH3, "lanes": LANES, LANES: LANES}
+
+# Bytes per fused buffer on the lane path: large enough that kernel launches do not dominate,
+# small enough that the dozen int64 temporaries stay far below device memory.
+_CHUNK_BYTES = 64 << 20
+
+_MASK64 = (1 << 64) - 1
+_XXH3_PREFIX = b"torchrepro-xxh3_128\0"
+
+
+def _s64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 that has the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# Sum A: Weyl-sequence position key (golden gamma) and the splitmix64 finalizer.
+_GAMMA_A = _s64(0x9E3779B97F4A7C15)
+_SEED_A = _s64(0x243F6A8885A308D3)
+_MIX_A = ((30, _s64(0xBF58476D1CE4E5B9)), (27, _s64(0x94D049BB133111EB)), 31)
+# Sum B: a different odd gamma and seed, and MurmurHash3's fmix64, so the two sums fail
+# independently (a collision must defeat both).
+_GAMMA_B = _s64(0xD1B54A32D192ED03)
+_SEED_B = _s64(0x13198A2E03707344)
+_MIX_B = ((33, _s64(0xFF51AFD7ED558CCD)), (33, _s64(0xC4CEB9FE1A85EC53)), 33)
+
+Fingerprintable = Union[torch.Tensor, torch.nn.Module, torch.optim.Optimizer, Mapping[Any, Any]]
+
+
+class Digest(str):
+    """A 32-hex-character digest that also names the algorithm that made it.
+
+    It compares and hashes as the plain hex string.
+
+    Example:
+        >>> d = fingerprint(torch.zeros(3))
+        >>> (len(d), d.algorithm)
+        (32, 'xxh3_128')
+    """
+
+    algorithm: str
+
+    def __new__(cls, hexdigest: str, algorithm: str) -> Digest:
+        self = super().__new__(cls, hexdigest)
+        self.algorithm = algorithm
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Digest, (str(self), self.algorithm))
+
+
+def resolve_algorithm(algorithm: str | None, devices: Iterable[torch.device]) -> str:
+    """The canonical algorithm name for a request, given the devices the data lives on.
+
+    ``None`` picks ``xxh3_128`` when every tensor is on the CPU, else ``lanes64x2-v1``
+    (for every tensor, so a model split over devices still gets one algorithm).
+    """
+    devices = list(devices)
+    if algorithm is None:
+        return XXH3 if all(d.type == "cpu" for d in devices) else LANES
+    name = _ALIASES.get(algorithm)
+    if name is None:
+        raise FingerprintError(
+            f"unknown digest algorithm {algorithm!r}; expected one of {sorted(_ALIASES)}. "
+            "Pass algorithm=None to pick by device."
+        )
+    if name == XXH3 and any(d.type != "cpu" for d in devices):
+        off = sorted({str(d) for d in devices if d.type != "cpu"})
+        raise FingerprintError(
+            f"xxh3_128 runs on the host, but tensors live on {off}; expected CPU tensors. "
+            "Use algorithm='lanes' (computed on the device), or move the tensors yourself."
+        )
+    return name
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's logical contents as a flat contiguous uint8 tensor on its own device."""
+    if t.layout != torch.strided:
+        raise FingerprintError(
+            f"cannot digest a tensor with layout {t.layout}; expected torch.strided. "
+            "Convert it first, e.g. x.to_dense()."
+        )
+    if t.is_quantized or t.device.type == "meta":
+        what = "a quantized tensor" if t.is_quantized else "a meta tensor (it holds no data)"
+        raise FingerprintError(
+            f"cannot digest {what}; expected a tensor with plain data. "
+            "Digest x.int_repr() and its scale/zero point, or materialise it first."
+        )
+    t = t.detach()
+    # Lazy conjugate and negative views hold bits that differ from their values.
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    # contiguous() gives row-major order whatever the strides, so layout never matters.
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _header(t: torch.Tensor) -> bytes:
+    return _header_of(t.dtype, tuple(t.shape))
+
+
+@functools.lru_cache(maxsize=4096)  # a training digests the same few shapes every step
+def _header_of(dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:
+    dims = ",".join(str(s) for s in shape)
+    return f"{str(dtype).removeprefix('torch.')}\0{dims}\0".encode()
+
+
+def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
+    buf: Any
+    if (
+        t.is_cpu
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        and not (t.is_conj() or t.is_neg() or t.is_quantized)
+    ):
+        # The recorder's path for parameters, a few microseconds each: a zero-copy window
+        # onto the tensor's memory (t stays referenced while it is read). Complex data is
+        # already stored as (real, imag) pairs, as view_as_real would give.
+        n = t.nbytes
+        buf = (ctypes.c_char * n).from_address(t.data_ptr()) if n else b""
+    else:
+        buf = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
+    h = xxhash.xxh3_128(_XXH3_PREFIX + _header_of(t.dtype, tuple(t.shape)))
+    if chunk_bytes is None:
+        h.update(buf)
+    else:
+        view = memoryview(buf).cast("B")
+        for start in range(0, len(view), chunk_bytes):
+            h.update(view[start : start + chunk_bytes])
+    return h.hexdigest()
+
+
+def _finish_lanes(t_header: bytes, a: int, b: int) -> str:
+    """Combine the two device-side sums with dtype and shape, on the host (16 bytes in)."""
+    payload = b"torchrepro-lanes64x2-v1\0" + t_header
+    payload += (a & _MASK64).to_bytes(8, "little") + (b & _MASK64).to_bytes(8, "little")
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def _lshr(z: torch.Tensor, r: int) -> torch.Tensor:
+    """Logical right shift of int64 lanes (torch's >> is arithmetic)."""
+    return torch.bitwise_and(torch.bitwise_right_shift(z, r), (1 << (64 - r)) - 1)
+
+
+def _fmix(z: torch.Tensor, mix: tuple[tuple[int, int], tuple[int, int], int]) -> torch.Tensor:
+    (r1, m1), (r2, m2), r3 = mix
+    z = z.bitwise_xor_(_lshr(z, r1)).mul_(m1)
+    z = z.bitwise_xor_(_lshr(z, r2)).mul_(m2)
+    return z.bitwise_xor_(_lshr(z, r3))
+
+
+def _mixed_lanes(lanes: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two mixed streams for int64 lanes at int64 positions (wrapping arithmetic)."""
+    za = _fmix(torch.bitwise_xor(lanes, pos * _GAMMA_A + _SEED_A), _MIX_A)
+    zb = _fmix(torch.bitwise_xor(lanes, pos * _GAMMA_B + _SEED_B), _MIX_B)
+    return za, zb
+
+
+@dataclass
+class _Piece:
+    index: int  # which tensor
+    data: torch.Tensor  # uint8, a slice of the tensor's bytes starting at a multiple of 8
+    lane_offset: int  # position of the slice's first lane within its tensor
+
+
+def _lane_sums(
+    datas: Sequence[torch.Tensor], device: torch.device, chunk_bytes: int
+) -> torch.Tensor:
+    """Per-tensor (sum A, sum B) as an int64 tensor of shape (n, 2), left on ``device``.
+
+    Small tensors are packed together into one buffer per chunk and reduced with one
+    index_add_ (integer sums are exact, so its order does not matter); large tensors are cut
+    into chunks at multiples of 8 bytes, and positions stay global, so any chunking gives
+    the same sums.
+    """
+    chunk_bytes = max(8, chunk_bytes - chunk_bytes % 8)
+    acc = torch.zeros((len(datas), 2), dtype=torch.int64, device=device)
+    batch: list[_Piece] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            _reduce_pieces(batch, acc, device)
+        batch, batch_bytes = [], 0
+
+    for index, data in enumerate(datas):
+        n = data.numel()
+        for start in range(0, n, chunk_bytes):
+            piece = _Piece(index, data[start : start + chunk_bytes], start // 8)
+            if batch_bytes + piece.data.numel() > chunk_bytes:
+                flush()
+            batch.append(piece)
+            batch_bytes += piece.data.numel() + 7
+    flush()
+    return acc
+
+
+def _reduce_pieces(pieces: list[_Piece], acc: torch.Tensor, device: torch.device) -> None:
+    if len(pieces) == 1:
+        p = pieces[0]
+        lanes = _lanes_of([p.data])
+        pos = torch.arange(p.lane_offset, p.lane_offset + lanes.numel(), device=device)
+        za, zb = _mixed_lanes(lanes, pos)
+        acc[p.index, 0] += za.sum()
+        acc[p.index, 1] += zb.sum()
+        return
+    lanes = _lanes_of([p.data for p in pieces])
+    counts = [(p.data.numel() + 7) // 8 for p in pieces]
+    # Each lane's position in its tensor: its index in the buffer minus a per-piece shift.
+    starts = [0]
+    for c in counts[:-1]:
+        starts.append(starts[-1] + c)
+    meta = torch.tensor(
+        [[s - p.lane_offset for s, p in zip(starts, pieces)], [p.index for p in pieces], counts],
+        dtype=torch.int64,
+    ).to(device, non_blocking=True)
+    shift = torch.repeat_interleave(meta[0], meta[2], output_size=lanes.numel())
+    seg = torch.repeat_interleave(meta[1], meta[2], output_size=lanes.numel())
+    pos = torch.arange(lanes.numel(), device=device) - shift
+    za, zb = _mixed_lanes(lanes, pos)
+    acc.index_add_(0, seg, torch.stack((za, zb), dim=1))
+
+
+def _lanes_of(datas: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate byte slices, each zero-padded to a multiple of 8, and view as int64."""
+    parts: list[torch.Tensor] = []
+    for d in datas:
+        parts.append(d)
+        if d.numel() % 8:
+            parts.append(torch.zeros(8 - d.numel() % 8, dtype=torch.uint8, device=d.device))
+    if len(parts) == 1 and parts[0].storage_offset() % 8 == 0:
+        buf = parts[0]
+    else:
+        buf = torch.cat(parts)
+    return buf.view(torch.int64)
+
+
+class _PendingDigests:
+    """Digests of many tensors, possibly still on their devices.
+
+    ``start_transfer()`` queues the copy of the sums to the host without waiting;
+    ``resolve()`` waits for it (one transfer per device) and finishes the digests.
+    """
+
+    def __init__(self, algorithm: str, count: int) -> None:
+        self.algorithm = algorithm
+        self._done: list[str] = [""] * count
+        self._device_parts: list[tuple[list[int], list[bytes], torch.Tensor]] = []
+        self._copies: list[tuple[torch.Tensor, Any]] = []
+
+    @property
+    def on_host(self) -> bool:
+        """True when resolve() needs no device transfer."""
+        return not self._device_parts
+
+    def start_transfer(self) -> None:
+        if self._copies or not self._device_parts:
+            return
+        for _, _, sums in self._device_parts:
+            if sums.device.type == "cuda":
+                # Lands in pinned memory; the event says when it has arrived.
+                host = sums.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record()
+                self._copies.append((host, event))
+            else:
+                self._copies.append((sums.cpu(), None))
+
+    def resolve(self) -> list[Digest]:
+        return [Digest(h, self.algorithm) for h in self.hexdigests()]
+
+    def hexdigests(self) -> list[str]:
+        """The digests as plain hex strings (what records store)."""
+        self.start_transfer()
+        for (indices, headers, _), (host, event) in zip(self._device_parts, self._copies):
+            if event is not None:
+                event.synchronize()
+            for i, header, (a, b) in zip(indices, headers, host.tolist()):
+                self._done[i] = _finish_lanes(header, a, b)
+        self._device_parts, self._copies = [], []
+        return self._done
+
+
+def _digest_tensors(
+    tensors: Sequence[torch.Tensor],
+    algorithm: str | None = None,
+    *,
+    chunk_bytes: int = _CHUNK_BYTES,
+) -> _PendingDigests:
+    """Digest many tensors at once; the recorder's entry point.
+
+    On the lane path the work is fused per device and the result stays there until
+    ``resolve()``; on the xxh3 path it is computed on the host right away.
+    """
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise FingerprintError(
+                f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
+            )
+    if algorithm is None and all(t.is_cpu for t in tensors):
+        name = XXH3  # the common case, decided without building device objects
+    else:
+        name = resolve_algorithm(algorithm, (t.device for t in tensors))
+    pending = _PendingDigests(name, len(tensors))
+    if name == XXH3:
+        for i, t in enumerate(tensors):
+            pending._done[i] = _xxh3_digest(t, None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes)
+        return pending
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for device, indices in by_device.items():
+        datas = [_as_bytes(tensors[i]) for i in indices]
+        headers = [_header(tensors[i]) for i in indices]
+        sums = _lane_sums(datas, device, chunk_bytes)
+        pending._device_parts.append((indices, headers, sums))
+    return pending
+
+
+def _flatten(obj: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
+    """Canonical (path, leaf) pairs of a nested state: dict keys sorted, sequences in order."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        out.append((prefix, obj))
+    elif isinstance(obj, Mapping):
+        for key in sorted(obj, key=repr):
+            _flatten(obj[key], f"{prefix}[{key!r}]", out)
+    elif isinstance(obj, (list, tuple)):
+        out.append((prefix, f"<{type(obj).__name__} of {len(obj)}>"))
+        for i, item in enumerate(obj):
+            _flatten(item, f"{prefix}[{i}]", out)
+    else:
+        raise FingerprintError(
+            f"cannot digest a value of type {type(obj).__name__} at {prefix or 'the top'}; "
+            "expected tensors, numbers, strings, None, and dicts/lists of them. "
+            "Digest the tensors you care about instead."
+        )
+
+
+def _leaf_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"float:{value.hex()}"  # exact, and tells -0.0 from 0.0
+    return f"{type(value).__name__}:{value!r}"
+
+
+def fingerprint(
+    x: Fingerprintable,
+    *,
+    algorithm: str | None = None,
+) -> Digest:
+    """Exact 128-bit digest of a tensor, module, state dict or optimizer.
+
+    A tensor's digest covers its bytes (in logical, row-major order), dtype and shape; it is
+    sensitive to element order, the sign of zero and NaN payloads. A module is digested
+    through its ``state_dict()``, an optimizer through its ``state_dict()``; a mapping
+    digests every key, tensor and number in it.
+
+    Args:
+        x: What to digest.
+        algorithm: ``None`` (``"xxh3_128"`` when all data is on the CPU, else
+            ``"lanes64x2-v1"``), ``"xxh3"``/``"xxh3_128"``, or ``"lanes"``/``"lanes64x2-v1"``
+            (the device algorithm, also on CPU, to compare CPU and CUDA runs).
+
+    Returns:
+        A :class:`Digest`: 32 hex characters, with ``.algorithm`` naming the algorithm.
+
+    Raises:
+        FingerprintError: for unsupported values, or ``xxh3`` asked for device tensors.
+
+    Example:
+        >>> x = torch.arange(4.0)
+        >>> fingerprint(x) == fingerprint(x.clone())
+        True
+        >>> fingerprint(x) == fingerprint(x.flip(0))
+        False
+    """
+    if isinstance(x, torch.Tensor):
+        return _digest_tensors([x], algorithm).resolve()[0]
+    # A module or optimizer digests exactly like its state dict, so either can be compared.
+    if isinstance(x, (torch.nn.Module, torch.optim.Optimizer)):
+        state = dict(x.state_dict())
+    elif isinstance(x, Mapping):
+        state = dict(x)
+    else:
+        raise FingerprintError(
+            f"cannot digest {type(x).__name__}; expected a tensor, nn.Module, optimizer or "
+            "state dict."
+        )
+    leaves: list[tuple[str, Any]] = []
+    _flatten(state, "", leaves)
+    tensors = [v for _, v in leaves if isinstance(v, torch.Tensor)]
+    pending = _digest_tensors(tensors, algorithm)
+    digests = iter(pending.resolve())
+    h = hashlib.blake2b(f"torchrepro-state\0{pending.algorithm}\0".encode(), digest_size=16)
+    for path, value in leaves:
+        text = f"tensor:{next(digests)}" if isinstance(value, torch.Tensor) else _leaf_text(value)
+        h.update(f"{path}\0{text}\0".encode())
+    return Digest(h.hexdigest(), pending.algorithm)

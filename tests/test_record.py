@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import torchrepro
+from conftest import run_recorded
+from torchrepro.errors import RecordError
+from torchrepro.fingerprint import fingerprint
+from torchrepro.record import SCHEMA_VERSION, rank_path, read_record, start_from_env
+
+CNN_NAMES = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
+
+
+def tiny_training(steps: int = 3, *, log: bool = True) -> tuple[nn.Module, list[str]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    final: list[str] = []
+    for _ in range(steps):
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        if log:
+            torchrepro.log(loss=loss, note="ok")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        final = [fingerprint(p) for p in model.parameters()]
+    return model, final
+
+
+def test_a_script_without_torchrepro_calls_is_recorded_step_by_step(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    proc = run_recorded(out, STEPS="6")
+    assert proc.returncode == 0, proc.stderr
+    rec = read_record(out)
+    assert rec.header["schema_version"] == SCHEMA_VERSION
+    assert rec.env["torch"] == torch.__version__
+    assert not rec.truncated
+    assert [e["step"] for e in rec.entries] == list(range(6))
+    for entry in rec.entries:
+        assert list(entry["params"]) == CNN_NAMES
+        assert entry["algorithm"] == "xxh3_128"
+    # Parameters change every step, so every digest differs from the previous one.
+    for before, after in zip(rec.entries, rec.entries[1:]):
+        assert all(before["params"][n] != after["params"][n] for n in CNN_NAMES)
+
+
+def test_recorded_digests_are_the_parameters_after_each_step(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "r.jsonl") as recorder:
+        model, final = tiny_training(3)
+    rec = read_record(recorder.path)
+    assert len(rec.entries) == recorder.entries == 3
+    assert list(rec.entries[-1]["params"].values()) == final
+    assert list(rec.entries[-1]["params"]) == [n for n, _ in model.named_parameters()]
+    loss = rec.entries[0]["log"]["loss"]
+    assert isinstance(loss, float) and math.isfinite(loss) and rec.entries[0]["log"]["note"] == "ok"
+
+
+def test_optional_grads_batch_and_rng_are_recorded(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(5, 4)
+    recorder = torchrepro.record(tmp_path / "r.jsonl", grads=True, batch=True, rng=True)
+    model(x).sum().backward()
+    opt.step()
+    recorder.close()
+    (entry,) = read_record(recorder.path).entries
+    assert entry["grads"] == {
+        "weight": fingerprint(model.weight.grad),
+        "bias": fingerprint(model.bias.grad),
+    }  # type: ignore[arg-type]
+    assert entry["batch"] == [[fingerprint(x)]]
+    assert entry["rng"]["torch"] == fingerprint(torch.get_rng_state())
+    assert set(entry["rng"]) >= {"torch", "numpy", "python"}
+
+
+def test_parameters_of_modules_that_never_ran_are_named_by_group_and_index(
+    tmp_path: Path,
+) -> None:
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([{"params": [w]}, {"params": [nn.Parameter(torch.zeros(2))]}], lr=1)
+    with torchrepro.record(tmp_path / "r.jsonl") as recorder:
+        w.sum().backward()
+        opt.step()
+    assert list(read_record(recorder.path).entries[0]["params"]) == ["group0.0", "group1.0"]
+
+
+def test_lane_algorithm_can_be_chosen_for_records(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "r.jsonl", algorithm="lanes") as recorder:
+        _, final = tiny_training(1, log=False)
+    (entry,) = read_record(recorder.path).entries
+    assert entry["algorithm"] == "lanes64x2-v1"
+    model, _ = tiny_training(1, log=False)
+    assert list(entry["params"].values()) == [
+        fingerprint(p, algorithm="lanes") for p in model.parameters()
+    ]
+
+
+def test_a_second_recording_while_one_is_active_is_refused(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "a.jsonl"):
+        with pytest.raises(RecordError, match="already active"):
+            torchrepro.record(tmp_path / "b.jsonl")
+
+
+def test_log_without_a_recording_does_nothing_and_says_so() -> None:
+    assert torchrepro.log(loss=1.0) is False
+    with pytest.raises(RecordError, match="expected a number"):
+        torchrepro.log(loss=[1.0])  # type: ignore[arg-type]
+
+
+def test_a_hard_crash_keeps_every_step_before_it(tmp_path: Path) -> None:
+    out = tmp_path / "crash.jsonl"
+    proc = run_recorded(out, STEPS="8", CRASH_AT="5")
+    assert proc.returncode == 7  # os._exit: no atexit, no flush at exit
+    assert [e["step"] for e in read_record(out).entries] == [0, 1, 2, 3, 4]
+
+
+def test_a_record_cut_mid_write_reads_back_to_its_last_complete_entry(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "full.jsonl") as recorder:
+        tiny_training(4)
+    raw = recorder.path.read_bytes()
+    lines = raw.split(b"\n")
+    assert len(lines) == 6 and lines[-1] == b""  # header, 4 entries, final newline
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(raw[: len(raw) - len(lines[-2]) // 2 - 1])  # half of the last entry
+    rec = read_record(cut)
+    assert rec.truncated and [e["step"] for e in rec.entries] == [0, 1, 2]
+    assert rec.entries == read_record(recorder.path).entries[:3]
+    # Cut right after a newline: nothing partial, nothing lost beyond the cut.
+    cut.write_bytes(b"\n".join(lines[:3]) + b"\n")
+    rec = read_record(cut)
+    assert not rec.truncated and len(rec.entries) == 2
+
+
+def test_corrupt_records_raise_with_what_was_expected(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "r.jsonl") as recorder:
+        tiny_training(3)
+    lines = recorder.path.read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "{not json\n" + "".join(lines[2:]))
+    with pytest.raises(RecordError, match="line 2 is corrupt"):
+        read_record(bad)
+    header = json.loads(lines[0])
+    header["schema_version"] = SCHEMA_VERSION + 1
+    bad.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    with pytest.raises(RecordError, match="schema version"):
+        read_record(bad)
+    bad.write_text("")
+    with pytest.raises(RecordError, match="header"):
+        read_record(bad)
+    with pytest.raises(RecordError, match="cannot read"):
+        read_record(tmp_path / "missing.jsonl")
+
+
+def test_each_rank_writes_its_own_file() -> None:
+    assert rank_path("runs/a.jsonl", 1, 0) == Path("runs/a.jsonl")
+    assert rank_path("runs/a.jsonl", 2, 1) == Path("runs/a.rank1.jsonl")
+
+
+def test_world_size_from_the_environment_inserts_the_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with torchrepro.record(tmp_path / "run.jsonl") as recorder:
+        pass
+    assert recorder.path == tmp_path / "run.rank1.jsonl"
+    assert read_record(recorder.path).header["rank"] == 1
+
+
+def test_start_from_env_reads_path_and_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert start_from_env() is None
+    monkeypatch.setenv("TORCHREPRO_RECORD", str(tmp_path / "e.jsonl"))
+    monkeypatch.setenv("TORCHREPRO_RECORD_WITH", "grads, rng")
+    recorder = start_from_env()
+    assert recorder is not None and recorder.grads and recorder.rng and not recorder.batch
+    recorder.close()
+    monkeypatch.setenv("TORCHREPRO_RECORD_WITH", "grads,weights")
+    with pytest.raises(RecordError, match="weights"):
+        start_from_env()
