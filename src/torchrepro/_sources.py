@@ -500,6 +500,11 @@ def unregister(name: str) -> None:
     _registered.pop(name, None)
 
 
+def registered_name(gen: object) -> str | None:
+    """The entry name under which ``gen`` itself is registered, if it is."""
+    return next((name for name, (held, _) in _registered.items() if held is gen), None)
+
+
 def registered_names() -> list[str]:
     """The entry names of the registered generators, in registration order."""
     return list(_registered)
