@@ -26,6 +26,7 @@ import hashlib
 import io
 import logging
 import pickle
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -132,7 +133,7 @@ def _open(state: object, expected_format: str) -> Mapping[str, Any]:
 # ---------------------------------------------------------------- RNG state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RNGState:
     """The states of every random generator torchrepro tracks, as plain data.
 
@@ -147,6 +148,14 @@ class RNGState:
     """
 
     sources: Mapping[str, Plain]
+
+    def __eq__(self, other: object) -> bool:
+        """Two states are equal when their content is, tensors compared bit for bit."""
+        if not isinstance(other, RNGState):
+            return NotImplemented
+        return _checksum(self.state_dict()) == _checksum(other.state_dict())
+
+    __hash__ = None  # type: ignore[assignment]
 
     def state_dict(self) -> dict[str, Any]:
         """The state as a dict that ``torch.load(..., weights_only=True)`` reads back.
@@ -250,7 +259,10 @@ def _serialize(value: object) -> bytes:
 def _load_plain(path: PathLike) -> Any:
     raw = Path(path).read_bytes()
     try:
-        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files; the error says more.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         raise StateError(
             f"{path} holds objects that safe loading refuses ({str(error).splitlines()[0]}). "
