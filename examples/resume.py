@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--stop-at", type=int, default=None, help="checkpoint after this step, exit")
+    parser.add_argument("--stop-at", type=int, default=None, help="checkpoint after step K, exit")
     parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
