@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torchrepro._derive import derive_seed
 from torchrepro.compare import RecordDiff, diff_records
-from torchrepro.data import seed_worker, worker_init_fn
+from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
 from torchrepro.determinism import (
     DeterminismStatus,
     determinism_status,
@@ -43,6 +43,18 @@ from torchrepro.seeding import (
     seed_everything,
     torch_generator,
 )
+from torchrepro.state import (
+    RNGState,
+    capture_rng,
+    load_checkpoint,
+    load_rng,
+    load_state_dict,
+    register_generator,
+    restore_rng,
+    save_checkpoint,
+    save_rng,
+    state_dict,
+)
 
 __version__ = "0.1.0"
 
@@ -52,6 +64,7 @@ __all__ = [
     "DeterminismStatus",
     "Digest",
     "FingerprintError",
+    "RNGState",
     "Record",
     "RecordDiff",
     "RecordError",
@@ -60,6 +73,7 @@ __all__ = [
     "SeedError",
     "StateError",
     "TorchReproError",
+    "capture_rng",
     "derive_seed",
     "determinism_cost",
     "determinism_status",
@@ -70,14 +84,24 @@ __all__ = [
     "environment",
     "fingerprint",
     "isolate_rng",
+    "load_checkpoint",
+    "load_rng",
+    "load_state_dict",
     "log",
     "numpy_generator",
     "patch_nondeterministic_ops",
     "read_record",
     "record",
+    "register_generator",
+    "restore_rng",
     "root_seed",
+    "sample_rng",
+    "save_checkpoint",
+    "save_rng",
     "seed_everything",
+    "seed_per_sample",
     "seed_worker",
+    "state_dict",
     "torch_generator",
     "unpatch_nondeterministic_ops",
     "worker_init_fn",

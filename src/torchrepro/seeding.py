@@ -60,8 +60,9 @@ def seed_everything(
 ) -> int:
     """Seeds every random number generator in this process and the ones it starts.
 
-    Python ``random``, numpy's global RNG, torch on the CPU and every device each get
-    their own seed derived from ``seed``. ``TORCHREPRO_SEED`` and ``PYTHONHASHSEED`` are
+    Python ``random``, numpy's global RNG, torch on the CPU and every device, and each
+    generator registered with :func:`torchrepro.register_generator`, get their own seed
+    derived from ``seed``. ``TORCHREPRO_SEED`` and ``PYTHONHASHSEED`` are
     exported for child processes (spawned workers, torchrun ranks, subprocesses).
 
     Args:
@@ -144,9 +145,9 @@ def torch_generator(*keys: SeedLike, device: str | torch.device = "cpu") -> torc
 def isolate_rng() -> Iterator[None]:
     """Everything random drawn inside the block is forgotten after it, even on error.
 
-    Restores Python, numpy, torch CPU and device RNG states, the determinism flags,
-    the environment variables torchrepro manages and its DataLoader seeding.
-    Blocks nest.
+    Restores Python, numpy, torch CPU, device and registered generators' RNG states, the
+    determinism flags, the environment variables torchrepro manages and its DataLoader
+    seeding. Blocks nest.
 
     Example:
         >>> with isolate_rng():

@@ -1,0 +1,458 @@
+"""Exact resume: capture and restore every random stream and loader position, without pickle.
+
+Everything saved here is *plain data*: tensors, ints, floats, strs, lists and dicts.
+``torch.load(path, weights_only=True)`` reads it with no allow-list, so a checkpoint never
+needs ``weights_only=False`` (which runs any code a tampered file holds). Every state
+carries a schema version and a SHA-256 checksum of its content; a restore checks all of
+it, every source included, before it applies anything.
+
+Order at resume: ``seed_everything(seed)``, build the model, optimizer and loaders as the
+saved run did, then ``load_state_dict``, then iterate. (Loaders created after
+``load_state_dict`` still take their saved position; what must not happen is iterating a
+loader before it.)
+
+Example:
+    >>> checkpoint = {"model": model.state_dict(), "torchrepro": torchrepro.state_dict()}
+    >>> torchrepro.save_checkpoint("ckpt.pt", checkpoint)
+    >>> # ... later, in a new process, after seed_everything and creating the loaders:
+    >>> checkpoint = torchrepro.load_checkpoint("ckpt.pt")
+    >>> model.load_state_dict(checkpoint["model"])
+    >>> torchrepro.load_state_dict(checkpoint["torchrepro"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import warnings
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchrepro import _sources, data, seeding
+from torchrepro._files import PathLike, atomic_write_bytes
+from torchrepro._sources import Plain, RegistrableGenerator, RNGSource
+from torchrepro.errors import StateError
+
+log = logging.getLogger("torchrepro")
+
+SCHEMA_VERSION = 1
+"""The version written into every saved state; this torchrepro reads exactly this one."""
+
+RNG_FORMAT = "torchrepro.rng"
+STATE_FORMAT = "torchrepro.state"
+
+
+# ---------------------------------------------------------------- checksums and envelopes
+
+
+def _feed(digest: Any, value: Any, where: str) -> None:
+    """Hashes plain data canonically; anything that is not plain data is refused."""
+    if isinstance(value, Mapping):
+        digest.update(b"d%d;" % len(value))
+        for key in sorted(value, key=str):
+            if not isinstance(key, str):
+                raise StateError(f"{where}: keys must be strs; got {key!r}.")
+            _feed(digest, key, where)
+            _feed(digest, value[key], f"{where}.{key}")
+    elif isinstance(value, list):
+        digest.update(b"l%d;" % len(value))
+        for position, item in enumerate(value):
+            _feed(digest, item, f"{where}[{position}]")
+    elif isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"t{flat.dtype};{list(value.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, bool):
+        raise StateError(f"{where}: expected plain data; got a bool.")
+    elif isinstance(value, int):
+        digest.update(b"i%d;" % value)
+    elif isinstance(value, float):
+        digest.update(b"f" + value.hex().encode() + b";")
+    elif isinstance(value, str):
+        encoded = value.encode("utf-8")
+        digest.update(b"s%d;" % len(encoded) + encoded)
+    else:
+        raise StateError(
+            f"{where}: expected tensors, ints, floats, strs, lists or dicts; "
+            f"got {type(value).__name__}. The state was altered after torchrepro wrote it."
+        )
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in body.items() if key != "checksum"}, "state")
+    return "sha256:" + digest.hexdigest()
+
+
+def _seal(body: dict[str, Any]) -> dict[str, Any]:
+    body["checksum"] = _checksum(body)
+    return body
+
+
+def _open(state: object, expected_format: str) -> Mapping[str, Any]:
+    """Checks the format, schema version and checksum of a saved state; returns it."""
+    if not isinstance(state, Mapping):
+        raise StateError(
+            f"expected a {expected_format} state dict; got {type(state).__name__}. Pass the "
+            f"value returned by state_dict(), as loaded from your checkpoint."
+        )
+    got_format = state.get("format")
+    if got_format != expected_format:
+        raise StateError(
+            f"expected a {expected_format} state dict; got format {got_format!r}. Pass the "
+            f"value returned by the matching torchrepro function."
+        )
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateError(
+            f"{expected_format} state has unknown schema version {version!r}; expected "
+            f"{SCHEMA_VERSION}. The state is damaged or was not written by torchrepro."
+        )
+    if version != SCHEMA_VERSION:
+        raise StateError(
+            f"{expected_format} state has schema version {version}; this torchrepro reads "
+            f"version {SCHEMA_VERSION}. Load it with the torchrepro version that wrote it "
+            "(upgrade torchrepro if it is newer)."
+        )
+    saved = state.get("checksum")
+    actual = _checksum(state)
+    if saved != actual:
+        raise StateError(
+            f"{expected_format} state fails its checksum (saved {saved!r}, content hashes to "
+            f"{actual!r}): it was damaged or edited. Restore from another checkpoint."
+        )
+    return state
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+@dataclass(frozen=True, eq=False)
+class RNGState:
+    """The states of every random generator torchrepro tracks, as plain data.
+
+    Attributes:
+        sources: Each source's state by name (``python``, ``numpy``, ``torch``, ``cuda``,
+            ``mps``, ``generator:<name>`` for registered generators).
+
+    Example:
+        >>> state = capture_rng()
+        >>> sorted(state.sources)
+        ['numpy', 'python', 'torch']
+    """
+
+    sources: Mapping[str, Plain]
+
+    def __eq__(self, other: object) -> bool:
+        """Two states are equal when their content is, tensors compared bit for bit."""
+        if not isinstance(other, RNGState):
+            return NotImplemented
+        return _checksum(self.state_dict()) == _checksum(other.state_dict())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as a dict that ``torch.load(..., weights_only=True)`` reads back.
+
+        Example:
+            >>> torch.save(capture_rng().state_dict(), "rng.pt")
+        """
+        body = {"format": RNG_FORMAT, "version": SCHEMA_VERSION, "sources": dict(self.sources)}
+        return _seal(body)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> RNGState:
+        """Rebuilds a state from :meth:`state_dict`'s value, checking version and checksum.
+
+        Raises:
+            StateError: Another format, an unknown version, or a failed checksum.
+
+        Example:
+            >>> state = RNGState.from_state_dict(torch.load("rng.pt", weights_only=True))
+        """
+        opened = _open(state, RNG_FORMAT)
+        sources = opened.get("sources")
+        if not isinstance(sources, Mapping) or not all(
+            isinstance(part, Mapping) for part in sources.values()
+        ):
+            raise StateError(
+                f"{RNG_FORMAT} state: expected 'sources' to be a dict of dicts; got "
+                f"{type(sources).__name__}. The state was not written by torchrepro."
+            )
+        return cls({str(name): dict(part) for name, part in sources.items()})
+
+
+def capture_rng() -> RNGState:
+    """Captures Python, numpy, torch CPU, every device's and each registered generator's state.
+
+    Returns:
+        An :class:`RNGState`; nothing in it is shared with the live generators.
+
+    Example:
+        >>> state = capture_rng()
+        >>> a = torch.rand(3)
+        >>> restore_rng(state)
+        >>> torch.equal(torch.rand(3), a)
+        True
+    """
+    return RNGState({s.name: s.encode(s.get_state()) for s in _sources.available_sources()})
+
+
+def _plan(state: RNGState, skip: Collection[str]) -> list[tuple[RNGSource, Any]]:
+    """Decodes and validates every part of ``state``; applies nothing."""
+    live = {s.name: s for s in _sources.available_sources() if s.name not in skip}
+    saved = {name: part for name, part in state.sources.items() if name not in skip}
+    missing = sorted(set(saved) - set(live))
+    if missing:
+        raise StateError(
+            f"the saved RNG state has {missing}, which this process lacks (it has "
+            f"{sorted(live)}). Register the same generators (register_generator) before "
+            f"restoring, run on the same kind of device, or pass skip={tuple(missing)!r}."
+        )
+    unsaved = sorted(set(live) - set(saved))
+    if unsaved:
+        raise StateError(
+            f"this process has RNG sources {unsaved} that the saved state lacks (it has "
+            f"{sorted(saved)}); restoring would leave them unrestored. Pass "
+            f"skip={tuple(unsaved)!r} to keep them as they are."
+        )
+    return [(live[name], live[name].decode(part)) for name, part in saved.items()]
+
+
+def _apply(plan: list[tuple[RNGSource, Any]]) -> None:
+    for source, value in plan:
+        source.set_state(value)
+
+
+def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
+    """Puts back a state from :func:`capture_rng`, all of it or nothing.
+
+    Every part is checked first (its kind, its size, that it loads into a scratch
+    generator, the CUDA device count); if any fails, no generator is touched.
+
+    Args:
+        state: The state to restore.
+        skip: Source names to leave alone on both sides, e.g. ``("cuda",)`` to restore a
+            GPU run's host state on a CPU-only machine.
+
+    Raises:
+        StateError: A part does not fit this process; nothing was changed.
+
+    Example:
+        >>> restore_rng(load_rng("rng.pt"))
+    """
+    _apply(_plan(state, skip))
+
+
+def _serialize(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _load_plain(path: PathLike) -> Any:
+    raw = Path(path).read_bytes()
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files; the error says more.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        raise StateError(
+            f"{path} holds objects that safe loading refuses ({str(error).splitlines()[0]}). "
+            "It may be a pickle that runs code when loaded, so it was not executed. Expected "
+            "a file written by torchrepro.save_rng or save_checkpoint; re-save it with them."
+        ) from None
+    except Exception as error:  # a damaged zip or pickle stream can fail in many ways
+        raise StateError(
+            f"cannot read {path}: {type(error).__name__}: {error}. The file is truncated or "
+            "damaged; restore from another checkpoint."
+        ) from error
+
+
+def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
+    """Writes an RNG state to ``path`` atomically: a crash leaves the previous file intact.
+
+    Args:
+        path: The file to write; read it back with :func:`load_rng` or
+            ``torch.load(path, weights_only=True)``.
+        state: The state to save; by default, the current one (:func:`capture_rng`).
+
+    Returns:
+        The state saved.
+
+    Example:
+        >>> save_rng("rng.pt")
+    """
+    state = capture_rng() if state is None else state
+    atomic_write_bytes(path, _serialize(state.state_dict()))
+    return state
+
+
+def load_rng(path: PathLike) -> RNGState:
+    """Reads a state written by :func:`save_rng`, never running code from the file.
+
+    Raises:
+        StateError: The file is not a torchrepro RNG state, holds a pickle, is damaged,
+            or has another schema version.
+
+    Example:
+        >>> restore_rng(load_rng("rng.pt"))
+    """
+    return RNGState.from_state_dict(_load_plain(path))
+
+
+# ---------------------------------------------------------------- registered generators
+
+
+def register_generator(gen: RegistrableGenerator, name: str | None = None) -> str:
+    """Adds a generator of the user's to everything torchrepro seeds, captures and restores.
+
+    For generators held by objects (an augmentation transform's ``numpy.random.Generator``,
+    a ``torch.Generator`` for noise): :func:`capture_rng`, :func:`state_dict` and
+    ``isolate_rng`` include it, ``seed_everything`` and DataLoader workers reseed it from
+    the root seed, and :func:`torchrepro.sample_rng` seeds it per sample (host
+    generators). Registration is per process: workers forked after it inherit it,
+    spawned workers do not.
+
+    Args:
+        gen: A ``torch.Generator``, ``numpy.random.Generator``, ``numpy.random.RandomState``
+            or ``random.Random``.
+        name: Stable name under which its state is saved. Give one when the registration
+            order could differ between runs; by default the registration count.
+
+    Returns:
+        The generator's source name, ``"generator:<name>"``.
+
+    Raises:
+        StateError: ``gen`` is of another type.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> register_generator(rng, "augment")
+        'generator:augment'
+    """
+    existing = _sources.registered_name(gen)
+    if existing is not None and (name is None or existing == _sources.REGISTERED_PREFIX + name):
+        return existing
+    chosen = str(len(_sources.registered_names())) if name is None else name
+    return _sources.register(gen, chosen)
+
+
+# ---------------------------------------------------------------- torchrepro.state_dict
+
+
+def state_dict() -> dict[str, Any]:
+    """Everything torchrepro tracks, for the user's checkpoint next to model and optimizer.
+
+    Holds the root seed, every RNG state (registered generators included) and the
+    position of every tracked DataLoader (see :mod:`torchrepro.data`), as plain data
+    with a schema version and checksum.
+
+    Raises:
+        SeedError: No root seed was set (call ``seed_everything`` first).
+
+    Example:
+        >>> checkpoint = {"model": model.state_dict(), "torchrepro": torchrepro.state_dict()}
+    """
+    body = {
+        "format": STATE_FORMAT,
+        "version": SCHEMA_VERSION,
+        "seed": seeding.root_seed(),
+        "rng": capture_rng().state_dict(),
+        "loaders": [asdict(position) for position in data.loader_positions()],
+    }
+    return _seal(body)
+
+
+_POSITION_FIELDS = [field.name for field in fields(data.LoaderPosition)]
+
+
+def _positions(value: object) -> list[data.LoaderPosition]:
+    if not isinstance(value, list):
+        raise StateError(f"{STATE_FORMAT} state: expected 'loaders' to be a list; got {value!r}.")
+    positions = []
+    for item in value:
+        if (
+            not isinstance(item, Mapping)
+            or sorted(item) != sorted(_POSITION_FIELDS)
+            or not all(isinstance(item[key], int) and item[key] >= 0 for key in item)
+        ):
+            raise StateError(
+                f"{STATE_FORMAT} state: expected each loader position to have non-negative "
+                f"ints {_POSITION_FIELDS}; got {item!r}. The state was not written by torchrepro."
+            )
+        positions.append(data.LoaderPosition(**{key: int(item[key]) for key in item}))
+    return positions
+
+
+def load_state_dict(state: Mapping[str, Any], *, skip: Collection[str] = ()) -> None:
+    """Puts back what :func:`state_dict` saved: RNG states and loader positions.
+
+    Call it after ``seed_everything`` (same seed) and after creating the loaders, before
+    iterating them: each tracked loader's next ``iter()`` then starts at its saved epoch
+    and batch, without loading the skipped batches. Everything is checked before anything
+    is applied.
+
+    Args:
+        state: The value :func:`state_dict` returned, as loaded from a checkpoint.
+        skip: RNG source names to leave alone (see :func:`restore_rng`).
+
+    Raises:
+        StateError: The state is damaged, of another version, saved under another seed,
+            or does not fit this process's generators or loaders; nothing was changed.
+
+    Example:
+        >>> torchrepro.load_state_dict(load_checkpoint("ckpt.pt")["torchrepro"])
+    """
+    opened = _open(state, STATE_FORMAT)
+    saved_seed = opened.get("seed")
+    current = seeding.root_seed()
+    if saved_seed != current:
+        raise StateError(
+            f"the checkpoint was taken under seed {saved_seed!r}; this process was seeded with "
+            f"{current}. Call torchrepro.seed_everything({saved_seed!r}) before creating the "
+            "loaders, then load the state."
+        )
+    rng = RNGState.from_state_dict(opened.get("rng"))  # type: ignore[arg-type]
+    positions = _positions(opened.get("loaders"))
+    plan = _plan(rng, skip)
+    data.check_positions(positions)
+    _apply(plan)
+    data.apply_positions(positions)
+
+
+# ---------------------------------------------------------------- whole checkpoints
+
+
+def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
+    """``torch.save`` written atomically: a crash mid-save leaves the previous file intact.
+
+    Put only what ``weights_only=True`` loading accepts in it (state dicts of models and
+    optimizers, :func:`state_dict`, tensors, numbers, strings, lists, dicts).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_checkpoint("ckpt.pt", {"model": model.state_dict(), "torchrepro": state_dict()})
+    """
+    return atomic_write_bytes(path, _serialize(checkpoint))
+
+
+def load_checkpoint(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors; never runs code from the file.
+
+    Raises:
+        StateError: The file holds a pickle of arbitrary objects, or is truncated or damaged.
+
+    Example:
+        >>> checkpoint = load_checkpoint("ckpt.pt")
+    """
+    return _load_plain(path)
