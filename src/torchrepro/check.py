@@ -30,17 +30,21 @@ from torchrepro import localize as loc
 from torchrepro._derive import SeedLike
 from torchrepro.compare import EnvDifference, entry_values, environment_differences
 from torchrepro.errors import RecordError, TorchReproError
-from torchrepro.launch import child_environment
+from torchrepro.launch import NO_SEED_ENV, child_environment
 from torchrepro.record import FORMAT
 from torchrepro.seeding import resolve_seed
 
 IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
 EXIT_CODES = {IDENTICAL: 0, DIVERGED: 1, FAILED: 3}
 RUN_INDEX_ENV = "TORCHREPRO_RUN"
-NO_SEED_ENV = "TORCHREPRO_NO_SEED"
 _POLL_SECONDS = 0.02
-_SECTION_WORDS = {"batch": "the input batch", "rng": "RNG state", "log": "logged value",
-                  "grads": "gradients", "params": "parameters"}
+_SECTION_WORDS = {
+    "batch": "the input batch",
+    "rng": "RNG state",
+    "log": "logged value",
+    "grads": "gradients",
+    "params": "parameters",
+}
 
 
 class CheckError(TorchReproError):
@@ -110,6 +114,7 @@ class CheckReport:
     environment: list[EnvDifference] = field(default_factory=list)
     causes: list[str] = field(default_factory=list)
     message: str = ""
+    series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -132,6 +137,7 @@ class CheckReport:
             "environment": [vars(d) for d in self.environment],
             "causes": self.causes,
             "message": self.message,
+            "series": self.series,
         }
 
     def render(self) -> str:
@@ -141,8 +147,10 @@ class CheckReport:
             lines.append(f"FAILED: {self.message}")
             for run in self.runs:
                 if run.stderr_tail and not run.stopped and run.returncode not in (0, None):
-                    lines.append(f"  run {run.index} exited with status {run.returncode}; "
-                                 "its stderr ends with:")
+                    lines.append(
+                        f"  run {run.index} exited with status {run.returncode}; "
+                        "its stderr ends with:"
+                    )
                     lines += [f"    {line}" for line in run.stderr_tail.splitlines()]
             return "\n".join(lines)
         if self.verdict == IDENTICAL:
@@ -152,8 +160,10 @@ class CheckReport:
         else:
             d = self.divergence
             assert d is not None
-            lines.append(f"DIVERGED at step {d.step} (of {self.steps_compared} compared)"
-                         + (f", run {d.b} vs run {d.a}" if len(self.runs) > 2 else ""))
+            lines.append(
+                f"DIVERGED at step {d.step} (of {self.steps_compared} compared)"
+                + (f", run {d.b} vs run {d.a}" if len(self.runs) > 2 else "")
+            )
             lines.append(f"  first differing record: {d.describe()}")
             if self.localization is not None:
                 lines.append(f"  first differing module: {self.localization.describe()}")
@@ -249,35 +259,57 @@ def _compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...] | None:
 class _Session:
     """Starts, watches and stops the runs of one check."""
 
-    def __init__(self, command: Sequence[str], workdir: Path, env: dict[str, str],
-                 timeout: float | None, progress: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        workdir: Path,
+        env: dict[str, str],
+        timeout: float | None,
+        progress: Callable[[str], None] | None,
+    ) -> None:
         self.command, self.workdir, self.env = list(command), workdir, env
         self.timeout, self.progress = timeout, progress
         self.runs: list[_Run] = []
+        self.series: dict[tuple[int, int], dict[str, list[Any]]] = {}
         self._files: list[IO[bytes]] = []
 
     def start(self, index: int, extra: dict[str, str] | None = None, name: str = "run") -> _Run:
         record = self.workdir / f"{name}{index}.jsonl"
         stderr_path = self.workdir / f"{name}{index}.stderr"
-        env = {**self.env, "TORCHREPRO_RECORD": str(record), RUN_INDEX_ENV: str(index),
-               **(extra or {})}
+        env = {
+            **self.env,
+            "TORCHREPRO_RECORD": str(record),
+            RUN_INDEX_ENV: str(index),
+            **(extra or {}),
+        }
         stdout = open(self.workdir / f"{name}{index}.stdout", "wb")  # noqa: SIM115
         stderr = open(stderr_path, "wb")  # noqa: SIM115
         self._files += [stdout, stderr]
         try:
-            process = subprocess.Popen(self.command, env=env, stdout=stdout, stderr=stderr,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                self.command,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as error:
             raise CheckError(f"cannot start {self.command[0]!r}: {error.strerror}") from None
         run = _Run(RunOutcome(index, str(record)), process, _Tail(record), stderr_path)
         self.runs.append(run)
         return run
 
-    def close(self) -> None:
-        for run in self.runs:
+    def stop(self, runs: Sequence[_Run]) -> None:
+        """Stops the runs still going; they count as stopped by check, not as failed."""
+        for run in runs:
             if run.process.poll() is None:
                 run.outcome.stopped = True
-            _stop(run.process)
+                _stop(run.process)
+
+    def close(self) -> None:
+        self.stop(self.runs)
+        for run in self.runs:
             run.tail.poll()
             run.outcome.steps = len(run.tail.entries)
             run.outcome.returncode = None if run.outcome.stopped else run.process.returncode
@@ -288,15 +320,22 @@ class _Session:
     def failed(self, runs: Sequence[_Run]) -> _Run | None:
         return next((r for r in runs if r.finished() and r.process.returncode != 0), None)
 
-    def watch(self, runs: Sequence[_Run], reference: _Tail | None, max_steps: int | None
-              ) -> tuple[int, Divergence | None, _Run | None]:
+    def watch(
+        self,
+        runs: Sequence[_Run],
+        reference: _Tail | None,
+        max_steps: int | None,
+        stop_early: bool = True,
+    ) -> tuple[int, Divergence | None, _Run | None]:
         """Compares the runs' records as they grow until they end, part or fail.
 
         ``reference`` is a finished run's record that every run is compared with
-        (sequential mode); otherwise the first of ``runs`` is the reference.
+        (sequential mode); otherwise the first of ``runs`` is the reference. With
+        ``stop_early`` off, the runs go on after a divergence (to plot how it grows).
         """
         started = time.monotonic()
         compared = 0
+        first: Divergence | None = None
         while True:
             for run in runs:
                 run.tail.poll()
@@ -312,35 +351,65 @@ class _Session:
             for entry in range(compared, available):
                 for other in others:
                     keys = _compare(base.entries[entry], other.entries[entry])
-                    if keys is not None:
-                        return entry, self._divergence(base, other, entry, keys), None
+                    self._count(base, other, keys)
+                    if keys is not None and first is None:
+                        first = self._divergence(base, other, entry, keys)
                 compared = entry + 1
+                if first is not None and stop_early:
+                    return compared, first, None
                 if self.progress is not None:
                     self.progress(f"steps compared: {compared}")
             crashed = self.failed(runs)
             if crashed is not None:
-                return compared, None, crashed
+                return compared, first, crashed
             if max_steps is not None and compared >= max_steps:
-                return compared, None, None
+                return compared, first, None
             if done:
                 lengths = [len(t.entries) for t in [base, *others]]
-                if len(set(lengths)) > 1:
-                    other = others[lengths.index(max(lengths)) - 1] if lengths[0] == min(
-                        lengths) else others[lengths.index(min(lengths)) - 1]
-                    return compared, self._divergence(base, other, compared, ()), None
-                return compared, None, None
+                if first is None and len(set(lengths)) > 1:
+                    other = (
+                        others[0]
+                        if len(others) == 1
+                        else max(others, key=lambda t: abs(len(t.entries) - len(base.entries)))
+                    )
+                    first = self._divergence(base, other, compared, ())
+                return compared, first, None
             if self.timeout is not None and time.monotonic() - started > self.timeout:
                 raise _Timeout()
             time.sleep(_POLL_SECONDS)
 
-    def _divergence(self, base: _Tail, other: _Tail, entry: int, keys: tuple[str, ...]
-                    ) -> Divergence:
-        index = {id(run.tail): run.outcome.index for run in self.runs}
-        source = base.entries[entry] if entry < len(base.entries) else (
-            other.entries[entry] if entry < len(other.entries) else {})
-        return Divergence(a=index.get(id(base), 1), b=index[id(other)], entry=entry,
-                          step=source.get("step", entry), optimizer=source.get("optimizer"),
-                          keys=keys)
+    def _count(self, base: _Tail, other: _Tail, keys: tuple[str, ...] | None) -> None:
+        """Per step: how many recorded values differ, and |a - b| of each logged number."""
+        pair = (self._index(base), self._index(other))
+        counts = self.series.setdefault(pair, {"differing": [], "log": []})
+        counts["differing"].append(len(keys or ()))
+        entry = len(counts["log"])
+        deltas = {}
+        for name, a in base.entries[entry].get("log", {}).items():
+            b = other.entries[entry].get("log", {}).get(name)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                deltas[name] = abs(a - b)
+        counts["log"].append(deltas)
+
+    def _index(self, tail: _Tail) -> int:
+        return next(run.outcome.index for run in self.runs if run.tail is tail)
+
+    def _divergence(
+        self, base: _Tail, other: _Tail, entry: int, keys: tuple[str, ...]
+    ) -> Divergence:
+        source = (
+            base.entries[entry]
+            if entry < len(base.entries)
+            else (other.entries[entry] if entry < len(other.entries) else {})
+        )
+        return Divergence(
+            a=self._index(base),
+            b=self._index(other),
+            entry=entry,
+            step=source.get("step", entry),
+            optimizer=source.get("optimizer"),
+            keys=keys,
+        )
 
 
 class _Timeout(Exception):
@@ -354,9 +423,13 @@ def _trace(session: _Session, divergence: Divergence) -> loc.Localization | None
     for index in (divergence.a, divergence.b):
         path = session.workdir / f"trace{index}.jsonl"
         traces.append(path)
-        runs.append(session.start(index, {loc.TRACE_ENV: str(path),
-                                          loc.TRACE_STEP_ENV: str(divergence.entry)},
-                                  name="replay"))
+        runs.append(
+            session.start(
+                index,
+                {loc.TRACE_ENV: str(path), loc.TRACE_STEP_ENV: str(divergence.entry)},
+                name="replay",
+            )
+        )
     started = time.monotonic()
     while not all(path.exists() or run.finished() for path, run in zip(traces, runs)):
         if session.timeout is not None and time.monotonic() - started > session.timeout:
@@ -370,8 +443,12 @@ def _trace(session: _Session, divergence: Divergence) -> loc.Localization | None
         return None
 
 
-def _causes(report: CheckReport, deterministic: bool | str | None, no_seed: bool,
-            headers: list[dict[str, Any]]) -> list[str]:
+def _causes(
+    report: CheckReport,
+    deterministic: bool | str | None,
+    no_seed: bool,
+    headers: list[dict[str, Any]],
+) -> list[str]:
     causes = [f"{e.key} differs between the runs: {e.note}" for e in report.environment]
     d, where = report.divergence, report.localization
     if d is None:
@@ -382,33 +459,50 @@ def _causes(report: CheckReport, deterministic: bool | str | None, no_seed: bool
     if d.section == "batch":
         causes.append("the data differs before the model sees it: data order or augmentation")
         if hashing_salted or no_seed:
-            causes.append("str hashing is salted per process, so set/dict-of-str order (e.g. a "
-                          "file list built from a set) changes per run: set PYTHONHASHSEED, or "
-                          "run under torchrepro seeding (drop --no-seed)")
+            causes.append(
+                "str hashing is salted per process, so set/dict-of-str order (e.g. a "
+                "file list built from a set) changes per run: set PYTHONHASHSEED, or "
+                "run under torchrepro seeding (drop --no-seed)"
+            )
         if no_seed:
             causes.append("this check ran without torchrepro seeding (--no-seed): try without it")
     elif d.section == "rng":
-        causes.append("an RNG state differs: a generator seeded differently or drawing a "
-                      "different number of values (e.g. data-dependent sampling)")
+        causes.append(
+            "an RNG state differs: a generator seeded differently or drawing a "
+            "different number of values (e.g. data-dependent sampling)"
+        )
     if where is not None and where.kind == "op":
         base = loc.op_base_name(where.op or "")
         if base in loc.NONDETERMINISTIC_OPS:
-            causes.append(f"{base} in {where.module} has a nondeterministic CUDA kernel; "
-                          "try --deterministic")
+            causes.append(
+                f"{base} in {where.module} has a nondeterministic CUDA kernel; try --deterministic"
+            )
         else:
-            causes.append(f"{base} in {where.module} gave different results from identical "
-                          "inputs: a nondeterministic kernel or a changing setting")
+            causes.append(
+                f"{base} in {where.module} gave different results from identical "
+                "inputs: a nondeterministic kernel or a changing setting"
+            )
     elif where is not None and where.kind == "input":
-        causes.append(f"values made outside torch's ops reach {where.module} ({where.phase}): "
-                      "numpy or Python randomness not seeded by torchrepro, os.urandom, time, "
-                      "I/O or another process; seed or remove that source")
+        causes.append(
+            f"values made outside torch's ops reach {where.module} ({where.phase}): "
+            "numpy or Python randomness not seeded by torchrepro, os.urandom, time, "
+            "I/O or another process; seed or remove that source"
+        )
     elif where is not None and where.kind in ("control-flow", "length"):
-        causes.append("the runs took different code paths: a branch on a value that differs "
-                      "(time, a random draw outside the seeded RNGs, file order)")
+        causes.append(
+            "the runs took different code paths: a branch on a value that differs "
+            "(time, a random draw outside the seeded RNGs, file order)"
+        )
     if where is not None and where.nondeterministic_ops:
-        causes.append(f"ops with nondeterministic CUDA kernels ran in {where.module}: "
-                      + ", ".join(where.nondeterministic_ops))
-    if not deterministic and d.section in ("grads", "params", "log"):
+        causes.append(
+            f"ops with nondeterministic CUDA kernels ran in {where.module}: "
+            + ", ".join(where.nondeterministic_ops)
+        )
+    if (
+        not deterministic
+        and d.section in ("grads", "params", "log")
+        and (where is None or where.kind == "op")
+    ):
         causes.append("deterministic algorithms were off: try --deterministic")
     return causes
 
@@ -426,6 +520,7 @@ def check(
     timeout: float | None = None,
     workdir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    plot: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Runs ``command`` ``runs`` times as separate processes and compares their records.
 
@@ -441,6 +536,9 @@ def check(
         timeout: Seconds each phase may take before the runs count as failed.
         workdir: Where records and logs go (default: a temporary folder, removed after).
         progress: Called with a short progress text.
+        plot: Write a PNG of, per step, how many recorded values differ and how far the
+            logged numbers (e.g. the loss) are apart; the runs then go on after the first
+            divergence. Needs matplotlib.
 
     Returns:
         A :class:`CheckReport`; ``.exit_code`` is the command's exit status.
@@ -472,9 +570,13 @@ def check(
         session = _Session(command, folder, env, timeout, progress)
         report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
         try:
-            _compare_runs(session, report, runs, max_steps, lockstep)
-            if report.divergence is not None and localize and report.divergence.keys and \
-                    report.divergence.section not in ("batch", "rng"):
+            _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
+            if (
+                report.divergence is not None
+                and localize
+                and report.divergence.keys
+                and report.divergence.section not in ("batch", "rng")
+            ):
                 report.localization = _trace(session, report.divergence)
         except _Timeout:
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
@@ -483,41 +585,90 @@ def check(
         report.runs = [run.outcome for run in session.runs if run.tail.path.name.startswith("run")]
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
         if len(headers) >= 2:
-            report.environment = list(
-                environment_differences(headers[0]["env"], headers[1]["env"])
-            )
+            report.environment = list(environment_differences(headers[0]["env"], headers[1]["env"]))
         if report.verdict != FAILED and not headers:
             report.verdict = FAILED
-            report.message = ("no run wrote a record: was torchrepro importable by the command's "
-                              "Python, and did it start with -S, -I or -E?")
+            report.message = (
+                "no run wrote a record: was torchrepro importable by the command's "
+                "Python, and did it start with -S, -I or -E?"
+            )
         report.causes = _causes(report, deterministic, no_seed, headers)
+        report.series = {f"{a}-{b}": values for (a, b), values in session.series.items()}
+        if plot is not None:
+            _plot(report, Path(plot))
         return report
 
 
-def _compare_runs(session: _Session, report: CheckReport, runs: int, max_steps: int | None,
-                  lockstep: bool) -> None:
+def _compare_runs(
+    session: _Session,
+    report: CheckReport,
+    runs: int,
+    max_steps: int | None,
+    lockstep: bool,
+    stop_early: bool,
+) -> None:
     if lockstep:
         started = [session.start(i) for i in range(1, runs + 1)]
-        compared, divergence, crashed = session.watch(started, None, max_steps)
+        compared, divergence, crashed = session.watch(started, None, max_steps, stop_early)
+        session.stop(started)
     else:
         first = session.start(1)
-        compared, divergence, crashed = session.watch([first], None, max_steps)
+        compared, divergence, crashed = session.watch([first], None, max_steps, stop_early)
+        session.stop([first])
         for index in range(2, runs + 1):
-            if crashed is not None or divergence is not None:
+            if crashed is not None or (divergence is not None and stop_early):
                 break
             run = session.start(index)
-            compared, divergence, crashed = session.watch([run], first.tail, max_steps)
+            compared, found, crashed = session.watch([run], first.tail, max_steps, stop_early)
+            divergence = divergence or found
+            session.stop([run])
     report.steps_compared = compared
     if crashed is not None:
         report.verdict = FAILED
-        report.message = (f"run {crashed.outcome.index} exited with status "
-                          f"{crashed.process.returncode} after {len(crashed.tail.entries)} steps")
+        report.message = (
+            f"run {crashed.outcome.index} exited with status "
+            f"{crashed.process.returncode} after {len(crashed.tail.entries)} steps"
+        )
     elif divergence is not None:
         report.verdict, report.divergence = DIVERGED, divergence
     elif compared == 0:
         report.verdict = FAILED
-        report.message = ("the runs recorded no optimizer step: does the command call "
-                          "optimizer.step() in a Python that can import torchrepro?")
+        report.message = (
+            "the runs recorded no optimizer step: does the command call "
+            "optimizer.step() in a Python that can import torchrepro?"
+        )
+
+
+def _plot(report: CheckReport, path: Path) -> None:
+    """Per step, differing values and |a - b| of logged numbers, one line per run pair."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CheckError(
+            "--plot needs matplotlib; install it with `pip install torchrepro[plot]`."
+        ) from None
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    for pair, values in report.series.items():
+        top.plot(values["differing"], label=f"run {pair.replace('-', ' vs ')}")
+        names = sorted({name for deltas in values["log"] for name in deltas})
+        for name in names:
+            deltas = [d.get(name, float("nan")) for d in values["log"]]
+            bottom.plot(deltas, label=f"|delta {name}|, run {pair.replace('-', ' vs ')}")
+    top.set_ylabel("recorded values that differ")
+    top.set_title(f"torchrepro check: {report.verdict}")
+    bottom.set_ylabel("|a - b| of logged values")
+    bottom.set_xlabel("optimizer step")
+    if any(values["log"] and any(values["log"]) for values in report.series.values()):
+        bottom.set_yscale("symlog", linthresh=1e-12)
+    for axis in (top, bottom):
+        if axis.lines:
+            axis.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 @contextlib.contextmanager
@@ -531,8 +682,9 @@ def _workdir(path: str | os.PathLike[str] | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def check_reproducible(fn: Callable[[], object], runs: int = 2, steps: int | None = None,
-                       **options: Any) -> CheckReport:
+def check_reproducible(
+    fn: Callable[[], object], runs: int = 2, steps: int | None = None, **options: Any
+) -> CheckReport:
     """Runs a module-level function in ``runs`` fresh processes and compares their records.
 
     ``fn`` must be importable by its module name (defined at the top level of a module).
@@ -546,8 +698,11 @@ def check_reproducible(fn: Callable[[], object], runs: int = 2, steps: int | Non
     if "<" in name:
         raise CheckError(f"{name} is not importable; define it at the top level of a module.")
     file = sys.modules[module].__file__ if module in sys.modules else None
-    command = [sys.executable, "-c", f"import importlib; importlib.import_module({module!r})"
-               f".{name}()"]
+    command = [
+        sys.executable,
+        "-c",
+        f"import importlib; importlib.import_module({module!r}).{name}()",
+    ]
     env_path = os.environ.get("PYTHONPATH", "")
     if file is not None:
         folder = str(Path(file).resolve().parent)

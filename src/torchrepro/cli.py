@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from torchrepro.errors import TorchReproError
 
@@ -144,6 +145,108 @@ def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(handler=_diff)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from torchrepro.check import check
+
+    tty = sys.stderr.isatty()
+
+    def progress(text: str) -> None:
+        if tty:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    print(
+        f"torchrepro check: {args.runs} runs, "
+        f"{'one after another' if args.sequential else 'side by side'} ...",
+        file=sys.stderr,
+    )
+    try:
+        report = check(
+            _command(args),
+            runs=args.runs,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            deterministic=args.deterministic,
+            lockstep=not args.sequential,
+            no_seed=args.no_seed,
+            timeout=args.timeout,
+            workdir=args.workdir,
+            progress=progress,
+            plot=args.plot,
+        )
+    except KeyboardInterrupt:
+        print("\ntorchrepro check: interrupted; every run was stopped", file=sys.stderr)
+        return 130
+    if tty:
+        print(file=sys.stderr)
+    print(report.render())
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return report.exit_code
+
+
+def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="run a training twice and say whether it is bitwise identical",
+        description="Run CMD several times as separate processes under torchrepro seeding "
+        "and the recorder, compare every optimizer step, and say 'bitwise identical' or "
+        "where and why the runs part. Exit 0 identical, 1 diverged, 2 usage error, "
+        "3 a run failed.",
+    )
+    parser.add_argument("--runs", type=int, default=2, help="number of runs (default 2)")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stop the runs after K optimizer steps",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed_option,
+        default=None,
+        help="root seed for every run (default: TORCHREPRO_SEED, else fresh)",
+    )
+    _add_determinism_options(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--lockstep",
+        dest="sequential",
+        action="store_false",
+        help="run side by side, stop at the first divergence (default)",
+    )
+    mode.add_argument(
+        "--sequential", dest="sequential", action="store_true", help="run one after another"
+    )
+    parser.add_argument(
+        "--no-seed",
+        action="store_true",
+        help="record only, without torchrepro seeding: check the script as is",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a run that takes longer than this",
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the full report")
+    parser.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="plot differing values per step (runs go on after divergence)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        metavar="DIR",
+        help="keep records, traces and run logs here (default: a temp folder)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    parser.set_defaults(handler=_check, sequential=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``torchrepro`` command."""
     parser = argparse.ArgumentParser(
@@ -152,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_run(subparsers)
+    _add_check(subparsers)
     _add_cost(subparsers)
     _add_env(subparsers)
     _add_diff(subparsers)

@@ -64,7 +64,7 @@ _NOTES = {
     "python_implementation": "Python implementation: different runtime.",
 }
 # Keys that describe where a run happened, not how it computes.
-_IGNORED = ("git.dirty", "env_vars.TORCHREPRO_RECORD")
+_IGNORED = ("git.dirty", "env_vars.TORCHREPRO_RECORD", "env_vars.TORCHREPRO_RUN")
 
 RecordLike = Union[Record, str, "os.PathLike[str]"]
 

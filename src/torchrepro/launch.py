@@ -19,10 +19,13 @@ from pathlib import Path
 
 from torchrepro import determinism
 from torchrepro._derive import SeedLike, normalize_seed
+from torchrepro.localize import start_trace_from_env
+from torchrepro.record import start_from_env
 from torchrepro.seeding import SEED_ENV, hash_seed_for, seed_everything
 
 BOOTSTRAP_ENV = "TORCHREPRO_BOOTSTRAP"
 DETERMINISTIC_ENV = "TORCHREPRO_DETERMINISTIC"
+NO_SEED_ENV = "TORCHREPRO_NO_SEED"
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
 _MODE_TEXT: dict[bool | str | None, str] = {None: "", False: "0", True: "1", "warn": "warn"}
@@ -62,9 +65,17 @@ def child_environment(
 
 
 def bootstrap() -> None:
-    """Applies the seeding ``torchrepro run`` asked for; called at interpreter start-up."""
-    text = os.environ.get(DETERMINISTIC_ENV, "")
-    seed_everything(None, deterministic=_TEXT_MODE.get(text, text))
+    """Applies what ``torchrepro run`` or ``check`` asked for; called at interpreter start-up.
+
+    Seeding (unless ``TORCHREPRO_NO_SEED=1``), then the step tracer (``TORCHREPRO_TRACE``)
+    and the recorder (``TORCHREPRO_RECORD``), in that order so that the tracer stops at the
+    end of its step before the recorder digests the parameters.
+    """
+    if os.environ.get(NO_SEED_ENV) != "1":
+        text = os.environ.get(DETERMINISTIC_ENV, "")
+        seed_everything(None, deterministic=_TEXT_MODE.get(text, text))
+    start_trace_from_env()
+    start_from_env()
 
 
 def run_command(

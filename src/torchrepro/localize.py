@@ -215,6 +215,7 @@ class Localization:
     phase: str | None = None
     index: int | None = None
     other_op: str | None = None
+    other_module: str | None = None
     nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> str:
@@ -231,7 +232,10 @@ class Localization:
                 "were made outside torch's ops (numpy, Python, I/O, another process)"
             )
         if self.kind == "control-flow":
-            return f"{where}: the runs executed different ops ({self.op} vs {self.other_op})"
+            return (
+                f"the runs executed different ops at op #{self.index}: {self.op} in "
+                f"{self.module} vs {self.other_op} in {self.other_module} ({self.phase})"
+            )
         if self.kind == "length":
             return f"one run executed more ops in the step, from op #{self.index} ({self.op})"
         return "the traced step was identical in both runs"
@@ -266,6 +270,7 @@ def localize(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Locali
             kind=kind,
             op=op,
             other_op=other,
+            other_module=y["module"] if other is not None else None,
             module=x["module"],
             phase=x["phase"],
             index=index,

@@ -7,7 +7,9 @@ batch that went into the outermost module, RNG states and values given to ``log(
 
 File format (schema version 1), JSON lines, append-only:
 
-* line 1, the header: ``{"format": "torchrepro-record", "schema_version": 1, "rank": 0,
+* line 1, the header, written at the first optimizer step so that its environment
+  manifest shows what the script set up (threads, flags):
+  ``{"format": "torchrepro-record", "schema_version": 1, "rank": 0,
   "world_size": 1, "options": {...}, "env": {...environment manifest...}}``
 * then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
   "params": {"conv.weight": "<32 hex>", ...}, "grads": {...}, "batch": [...], "rng": {...},
@@ -152,6 +154,7 @@ class Recorder:
     ) -> None:
         manifest = environment()
         self.path = rank_path(path, manifest["world_size"], manifest["rank"])
+        self._options = {"grads": grads, "batch": batch, "rng": rng, "algorithm": algorithm}
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
         self.hook_seconds = 0.0
@@ -168,17 +171,7 @@ class Recorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # "w": a record describes one run; appending a second run would interleave two.
         self._file: IO[str] = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
-        self._write(
-            {
-                "format": FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "rank": manifest["rank"],
-                "world_size": manifest["world_size"],
-                "options": {"grads": grads, "batch": batch, "rng": rng, "algorithm": algorithm},
-                "env": manifest,
-            }
-        )
+        self._header_written = False
         self._handles: list[RemovableHandle] = [
             register_optimizer_step_post_hook(self._on_step),
         ]
@@ -212,6 +205,8 @@ class Recorder:
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         t0 = time.perf_counter()
+        if not self._header_written:
+            self._write_header()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         info = self._optimizers.get(optimizer)
         if info is None or info.param_count != len(params):
@@ -297,6 +292,23 @@ class Recorder:
         self._write(entry)
         self.entries += 1
 
+    def _write_header(self) -> None:
+        # Written at the first step (or at close), not at start: the manifest then shows
+        # what the script set up before training (thread counts, determinism flags).
+        manifest = environment()
+        self._header_written = True
+        self._write(
+            {
+                "format": FORMAT,
+                "schema_version": SCHEMA_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "rank": manifest["rank"],
+                "world_size": manifest["world_size"],
+                "options": self._options,
+                "env": manifest,
+            }
+        )
+
     def _write(self, obj: dict[str, Any]) -> None:
         # One write and a flush per line: a crash leaves complete lines plus at most one
         # partial line, which read_record drops.
@@ -315,6 +327,8 @@ class Recorder:
             if handle is not None:
                 handle.remove()
         try:
+            if not self._header_written:
+                self._write_header()
             if self._waiting is not None:
                 self._finish(self._waiting)
                 self._waiting = None

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, SCRIPTS, child_env
+
+from torchrepro.check import CheckError, check
+from torchrepro.cli import main
+
+SCRIPT = [PYTHON, str(SCRIPTS / "check_train.py")]
+
+
+def torchrepro_check(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "torchrepro", "check", *args, "--", *SCRIPT],
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def plant(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Variables set here reach the checked runs (check starts them from os.environ)."""
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    return monkeypatch
+
+
+def test_an_unchanged_script_is_reported_bitwise_identical(tmp_path: Path) -> None:
+    result = torchrepro_check("--seed", "3", "--json", str(tmp_path / "report.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bitwise identical: 2 runs, 12 steps compared" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == "identical" and report["steps_compared"] == 12
+
+
+def test_noise_in_a_modules_forward_names_the_step_the_module_and_the_phase(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("PLANT_NOISE_STEP", "3")
+    report = check(SCRIPT, seed=3)
+    assert report.exit_code == 1
+    assert report.divergence is not None and report.divergence.step == 3
+    assert report.divergence.section == "grads"
+    assert report.localization is not None
+    assert report.localization.module == "noisy"
+    assert report.localization.phase == "forward"
+    assert report.localization.kind == "input"
+    text = report.render()
+    assert "DIVERGED at step 3" in text and "noisy (forward)" in text
+    assert "outside torch's ops" in text
+
+
+def test_set_order_data_without_torchrepro_seeding_is_found_in_the_batch_at_step_0(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("PLANT_SET_ORDER", "1")
+    plant.delenv("PYTHONHASHSEED", raising=False)
+    report = check(SCRIPT, no_seed=True, runs=3)
+    assert report.exit_code == 1
+    assert report.divergence is not None
+    assert report.divergence.step == 0 and report.divergence.section == "batch"
+    assert "PYTHONHASHSEED" in "\n".join(report.causes)
+    assert "the input batch" in report.render()
+
+
+def test_with_torchrepro_seeding_the_same_set_order_script_is_identical(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("PLANT_SET_ORDER", "1")
+    assert check(SCRIPT, seed=5).verdict == "identical"
+
+
+def test_a_different_thread_count_per_run_is_reported_as_an_environment_difference(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("PLANT_THREADS", "1")
+    report = check(SCRIPT, seed=3)
+    keys = [difference.key for difference in report.environment]
+    assert any("threads" in key for key in keys), keys
+    assert "thread" in report.render()
+
+
+def test_a_run_that_crashes_exits_3_with_the_tail_of_its_stderr() -> None:
+    result = torchrepro_check("--seed", "3", PLANT_CRASH_STEP="2")
+    assert result.returncode == 3
+    assert "planted crash at step 2" in result.stdout
+    assert "exited with status 1 after 2 steps" in result.stdout
+
+
+def test_lockstep_stops_a_long_training_soon_after_an_early_divergence(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("PLANT_NOISE_STEP", "2")
+    plant.setenv("STEPS", "2000")
+    plant.setenv("STEP_SLEEP", "0.002")
+    report = check(SCRIPT, seed=3, localize=False)
+    assert report.divergence is not None and report.divergence.step == 2
+    assert all(run.stopped for run in report.runs)
+    assert max(run.steps for run in report.runs) < 200
+
+
+def test_sequential_mode_and_max_steps(plant: pytest.MonkeyPatch) -> None:
+    plant.setenv("STEPS", "50")
+    report = check(SCRIPT, seed=3, lockstep=False, max_steps=7)
+    assert report.verdict == "identical" and report.steps_compared == 7
+
+
+def test_plot_draws_every_step_after_the_divergence(
+    plant: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plant.setenv("PLANT_NOISE_STEP", "4")
+    report = check(SCRIPT, seed=3, localize=False, plot=tmp_path / "check.png")
+    assert report.series["1-2"]["differing"][:4] == [0, 0, 0, 0]
+    assert all(count > 0 for count in report.series["1-2"]["differing"][4:])
+    assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupting_check_leaves_no_run_behind(tmp_path: Path) -> None:
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "torchrepro", "check", "--seed", "1", "--", *SCRIPT],
+        env=child_env(PIDDIR=str(piddir), STEPS="100000", STEP_SLEEP="0.01"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(piddir.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "every run was stopped" in err
+    pids = [int(path.name) for path in piddir.iterdir()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_usage_errors_exit_2() -> None:
+    assert main(["check", "--runs", "1", "--", PYTHON, "-c", "pass"]) == 2
+    assert main(["check"]) == 2
+    with pytest.raises(CheckError, match="at least 2"):
+        check(SCRIPT, runs=1)
