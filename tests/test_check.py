@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, SCRIPTS, child_env
 
+from conftest import PYTHON, SCRIPTS, child_env
 from torchrepro.check import CheckError, check
 from torchrepro.cli import main
 
