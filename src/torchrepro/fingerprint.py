@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -46,6 +47,17 @@ _ALIASES = {"xxh3": XXH3, XXH3: XXH3, "lanes": LANES, LANES: LANES}
 # Bytes per fused buffer on the lane path: large enough that kernel launches do not dominate,
 # small enough that the dozen int64 temporaries stay far below device memory.
 _CHUNK_BYTES = 64 << 20
+# Above this many bytes in one call, xxh3 digests run on a few threads (xxhash releases
+# the GIL while it reads), as torch's own reductions do.
+_THREADED_BYTES = 16 << 20
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, min(4, torch.get_num_threads())), "torchrepro-digest")
+    return _pool
 
 _MASK64 = (1 << 64) - 1
 _XXH3_PREFIX = b"torchrepro-xxh3_128\0"
@@ -349,8 +361,12 @@ def _digest_tensors(
         name = resolve_algorithm(algorithm, (t.device for t in tensors))
     pending = _PendingDigests(name, len(tensors))
     if name == XXH3:
-        for i, t in enumerate(tensors):
-            pending._done[i] = _xxh3_digest(t, None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes)
+        chunk = None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes
+        if len(tensors) > 1 and sum(t.nbytes for t in tensors) >= _THREADED_BYTES:
+            pending._done[:] = _threads().map(lambda t: _xxh3_digest(t, chunk), tensors)
+        else:
+            for i, t in enumerate(tensors):
+                pending._done[i] = _xxh3_digest(t, chunk)
         return pending
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
