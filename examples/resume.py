@@ -78,15 +78,26 @@ def digest(model: nn.Module) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    # The defaults come from `torchrepro check --resume-at K`, which runs this script with
+    # no arguments: it stops one run after step K and resumes it in a new process.
+    env = os.environ
+    parser.add_argument("--workdir", type=Path, default=env.get("TORCHREPRO_CHECKPOINT_DIR"))
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--stop-at", type=int, default=None, help="checkpoint after step K, exit")
-    parser.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint")
+    parser.add_argument(
+        "--stop-at", type=int, default=env.get("TORCHREPRO_STOP_AT"),
+        help="checkpoint after step K, exit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true", default=env.get("TORCHREPRO_RESUME") == "1",
+        help="continue from DIR's checkpoint",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
         "--crash-after", type=int, default=None, help="checkpoint after this step, then SIGKILL"
     )
     args = parser.parse_args(argv)
+    if args.workdir is None:
+        parser.error("--workdir is required (or TORCHREPRO_CHECKPOINT_DIR)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     steps_file = args.workdir / "steps.txt"
     checkpoint_file = args.workdir / "checkpoint.pt"

@@ -15,6 +15,7 @@ import torchrepro
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # helper modules that tests and child processes import
 
 
 @pytest.fixture(autouse=True)

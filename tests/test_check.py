@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro.check import CheckError, check
+from torchrepro.check import CheckError, check, check_reproducible
 from torchrepro.cli import main
 
 SCRIPT = [PYTHON, str(SCRIPTS / "check_train.py")]
@@ -153,3 +153,46 @@ def test_usage_errors_exit_2() -> None:
     assert main(["check"]) == 2
     with pytest.raises(CheckError, match="at least 2"):
         check(SCRIPT, runs=1)
+
+
+RESUME_SCRIPT = [PYTHON, str(SCRIPTS / "resume_train.py")]
+
+
+def test_resume_at_compares_a_stopped_and_resumed_run_with_an_uninterrupted_one(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    report = check(RESUME_SCRIPT, seed=7, resume_at=8)
+    assert report.verdict == "identical", report.render()
+    assert report.steps_compared == 18
+    assert [run.name for run in report.runs] == ["run", "run", "resumed"]
+    assert "stopped after step 8 and resumed" in report.render()
+
+
+def test_resume_at_finds_a_resume_that_forgets_torchrepros_state(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    plant.setenv("FORGET_TORCHREPRO_STATE", "1")
+    report = check(RESUME_SCRIPT, seed=7, resume_at=8, localize=False)
+    assert report.verdict == "diverged"
+    assert report.divergence is not None and report.divergence.entry >= 8
+    assert "after the resume" in report.render()
+
+
+def test_resume_at_says_when_the_script_ignores_the_stop_request() -> None:
+    report = check(SCRIPT, seed=3, resume_at=4)
+    assert report.exit_code == 3
+    assert "TORCHREPRO_STOP_AT" in report.render()
+
+
+def test_check_reproducible_runs_a_function_in_fresh_processes(
+    plant: pytest.MonkeyPatch,
+) -> None:
+    from check_functions import train_briefly
+
+    report = check_reproducible(train_briefly, steps=5, seed=1)
+    assert report.verdict == "identical" and report.steps_compared == 5
+
+
+def test_check_reproducible_refuses_a_function_no_process_can_import() -> None:
+    with pytest.raises(CheckError, match="cannot be imported"):
+        check_reproducible(lambda: None)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +37,11 @@ from torchrepro.seeding import resolve_seed
 IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
 EXIT_CODES = {IDENTICAL: 0, DIVERGED: 1, FAILED: 3}
 RUN_INDEX_ENV = "TORCHREPRO_RUN"
+# The resume protocol of --resume-at: a script that honours these stops after step K and
+# saves its checkpoint in the folder, or resumes from it (examples/resume.py does).
+STOP_AT_ENV = "TORCHREPRO_STOP_AT"
+RESUME_ENV = "TORCHREPRO_RESUME"
+CHECKPOINT_DIR_ENV = "TORCHREPRO_CHECKPOINT_DIR"
 _POLL_SECONDS = 0.02
 _SECTION_WORDS = {
     "batch": "the input batch",
@@ -58,6 +63,8 @@ class RunOutcome:
     Attributes:
         index: 1-based run number.
         record: Path of its record file.
+        name: ``"run"``; ``"resumed"`` for the second leg of a resumed run; ``"replay"``
+            for a localization replay.
         steps: Entries recorded.
         returncode: Exit status, or None if check stopped it (early stop).
         stderr_tail: The last lines of its standard error.
@@ -65,6 +72,7 @@ class RunOutcome:
 
     index: int
     record: str
+    name: str = "run"
     steps: int = 0
     returncode: int | None = None
     stopped: bool = False
@@ -115,6 +123,7 @@ class CheckReport:
     causes: list[str] = field(default_factory=list)
     message: str = ""
     series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    resume_at: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -138,6 +147,7 @@ class CheckReport:
             "causes": self.causes,
             "message": self.message,
             "series": self.series,
+            "resume_at": self.resume_at,
         }
 
     def render(self) -> str:
@@ -154,15 +164,26 @@ class CheckReport:
                     lines += [f"    {line}" for line in run.stderr_tail.splitlines()]
             return "\n".join(lines)
         if self.verdict == IDENTICAL:
+            runs = sum(run.name == "run" for run in self.runs)
+            resumed = (
+                ""
+                if self.resume_at is None
+                else (f" (run 2 stopped after step {self.resume_at} and resumed in a new process)")
+            )
             lines.append(
-                f"bitwise identical: {len(self.runs)} runs, {self.steps_compared} steps compared"
+                f"bitwise identical: {runs} runs, {self.steps_compared} steps compared{resumed}"
             )
         else:
             d = self.divergence
             assert d is not None
             lines.append(
                 f"DIVERGED at step {d.step} (of {self.steps_compared} compared)"
-                + (f", run {d.b} vs run {d.a}" if len(self.runs) > 2 else "")
+                + (f", run {d.b} vs run {d.a}" if d.b != 2 or d.a != 1 else "")
+                + (
+                    " after the resume"
+                    if self.resume_at is not None and d.entry >= self.resume_at
+                    else ""
+                )
             )
             lines.append(f"  first differing record: {d.describe()}")
             if self.localization is not None:
@@ -215,6 +236,10 @@ class _Run:
     tail: _Tail
     stderr_path: Path
 
+    @property
+    def name(self) -> str:
+        return self.outcome.name
+
     def finished(self) -> bool:
         return self.process.poll() is not None
 
@@ -241,9 +266,14 @@ def _tail_of(path: Path, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...] | None:
-    """The keys that differ between two entries in causal order, or None when they match."""
-    if (a.get("step"), a.get("optimizer")) != (b.get("step"), b.get("optimizer")):
+def _compare(
+    a: dict[str, Any], b: dict[str, Any], same_step: bool = True
+) -> tuple[str, ...] | None:
+    """The keys that differ between two entries in causal order, or None when they match.
+
+    With ``same_step`` off the step numbers may differ (a resumed process counts from 0).
+    """
+    if a.get("optimizer") != b.get("optimizer") or (same_step and a.get("step") != b.get("step")):
         return ("steps",)
     if a.get("algorithm") != b.get("algorithm"):
         raise CheckError(
@@ -296,7 +326,7 @@ class _Session:
             )
         except OSError as error:
             raise CheckError(f"cannot start {self.command[0]!r}: {error.strerror}") from None
-        run = _Run(RunOutcome(index, str(record)), process, _Tail(record), stderr_path)
+        run = _Run(RunOutcome(index, str(record), name), process, _Tail(record), stderr_path)
         self.runs.append(run)
         return run
 
@@ -323,70 +353,79 @@ class _Session:
     def watch(
         self,
         runs: Sequence[_Run],
-        reference: _Tail | None,
+        reference: _Run | None,
         max_steps: int | None,
         stop_early: bool = True,
+        skip: int = 0,
     ) -> tuple[int, Divergence | None, _Run | None]:
         """Compares the runs' records as they grow until they end, part or fail.
 
-        ``reference`` is a finished run's record that every run is compared with
-        (sequential mode); otherwise the first of ``runs`` is the reference. With
+        ``reference`` is a run (finished, or going on) that every run is compared with;
+        otherwise the first of ``runs`` is the reference. With
         ``stop_early`` off, the runs go on after a divergence (to plot how it grows).
+        The first ``skip`` entries of the reference are passed over (a resumed run's
+        record starts after them). Returns the entries compared, the first divergence
+        and a run that failed.
         """
         started = time.monotonic()
         compared = 0
         first: Divergence | None = None
+        watched = [*runs, *([reference] if reference is not None else [])]
         while True:
-            for run in runs:
+            for run in watched:
                 run.tail.poll()
-            done = all(run.finished() for run in runs)
+            done = all(run.finished() for run in watched)
             if done:  # read what was written between the poll and the exit
-                for run in runs:
+                for run in watched:
                     run.tail.poll()
-            base = reference if reference is not None else runs[0].tail
+            base = reference.tail if reference is not None else runs[0].tail
             others = [r.tail for r in runs if r.tail is not base]
-            available = min(len(t.entries) for t in [base, *others])
+            lengths = [len(base.entries) - skip, *(len(t.entries) for t in others)]
+            available = min(lengths)
             if max_steps is not None:
-                available = min(available, max_steps)
+                available = min(available, max_steps - skip)
             for entry in range(compared, available):
+                ours = base.entries[skip + entry]
                 for other in others:
-                    keys = _compare(base.entries[entry], other.entries[entry])
-                    self._count(base, other, keys)
+                    theirs = other.entries[entry]
+                    keys = _compare(ours, theirs, same_step=skip == 0)
+                    self._count(base, other, ours, theirs, keys)
                     if keys is not None and first is None:
-                        first = self._divergence(base, other, entry, keys)
+                        first = self._divergence(base, other, skip + entry, keys)
                 compared = entry + 1
                 if first is not None and stop_early:
                     return compared, first, None
                 if self.progress is not None:
-                    self.progress(f"steps compared: {compared}")
+                    self.progress(f"steps compared: {skip + compared}")
             crashed = self.failed(runs)
             if crashed is not None:
                 return compared, first, crashed
-            if max_steps is not None and compared >= max_steps:
+            if max_steps is not None and skip + compared >= max_steps:
                 return compared, first, None
             if done:
-                lengths = [len(t.entries) for t in [base, *others]]
                 if first is None and len(set(lengths)) > 1:
-                    other = (
-                        others[0]
-                        if len(others) == 1
-                        else max(others, key=lambda t: abs(len(t.entries) - len(base.entries)))
-                    )
-                    first = self._divergence(base, other, compared, ())
+                    other = max(others, key=lambda t: abs(len(t.entries) - lengths[0]))
+                    first = self._divergence(base, other, skip + compared, ())
                 return compared, first, None
             if self.timeout is not None and time.monotonic() - started > self.timeout:
                 raise _Timeout()
             time.sleep(_POLL_SECONDS)
 
-    def _count(self, base: _Tail, other: _Tail, keys: tuple[str, ...] | None) -> None:
+    def _count(
+        self,
+        base: _Tail,
+        other: _Tail,
+        ours: dict[str, Any],
+        theirs: dict[str, Any],
+        keys: tuple[str, ...] | None,
+    ) -> None:
         """Per step: how many recorded values differ, and |a - b| of each logged number."""
         pair = (self._index(base), self._index(other))
         counts = self.series.setdefault(pair, {"differing": [], "log": []})
         counts["differing"].append(len(keys or ()))
-        entry = len(counts["log"])
         deltas = {}
-        for name, a in base.entries[entry].get("log", {}).items():
-            b = other.entries[entry].get("log", {}).get(name)
+        for name, a in ours.get("log", {}).items():
+            b = theirs.get("log", {}).get(name)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                 deltas[name] = abs(a - b)
         counts["log"].append(deltas)
@@ -397,11 +436,7 @@ class _Session:
     def _divergence(
         self, base: _Tail, other: _Tail, entry: int, keys: tuple[str, ...]
     ) -> Divergence:
-        source = (
-            base.entries[entry]
-            if entry < len(base.entries)
-            else (other.entries[entry] if entry < len(other.entries) else {})
-        )
+        source = base.entries[entry] if entry < len(base.entries) else {}
         return Divergence(
             a=self._index(base),
             b=self._index(other),
@@ -521,6 +556,8 @@ def check(
     workdir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
     plot: str | os.PathLike[str] | None = None,
+    resume_at: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> CheckReport:
     """Runs ``command`` ``runs`` times as separate processes and compares their records.
 
@@ -539,6 +576,10 @@ def check(
         plot: Write a PNG of, per step, how many recorded values differ and how far the
             logged numbers (e.g. the loss) are apart; the runs then go on after the first
             divergence. Needs matplotlib.
+        resume_at: Compare one uninterrupted run with one stopped after step K and
+            resumed in a new process: the second gets ``TORCHREPRO_STOP_AT=K``, then
+            ``TORCHREPRO_RESUME=1``, and each run its own ``TORCHREPRO_CHECKPOINT_DIR``.
+        env: Extra environment variables for every run.
 
     Returns:
         A :class:`CheckReport`; ``.exit_code`` is the command's exit status.
@@ -557,20 +598,28 @@ def check(
         raise CheckError(f"max_steps must be at least 1; got {max_steps}.")
     if not command:
         raise CheckError("no command given; pass e.g. ['python', 'train.py'].")
+    if resume_at is not None and (resume_at < 1 or runs != 2):
+        raise CheckError(
+            f"resume_at needs K >= 1 and exactly 2 runs; got K={resume_at}, runs={runs}."
+        )
     with _workdir(workdir) as folder:
         root = resolve_seed(seed)
-        env = child_environment(root, deterministic)
-        env["TORCHREPRO_RECORD_WITH"] = "grads,batch,rng"
+        base = child_environment(root, deterministic, {**os.environ, **(env or {})})
+        base["TORCHREPRO_RECORD_WITH"] = "grads,batch,rng"
         if no_seed:
-            env[NO_SEED_ENV] = "1"
+            base[NO_SEED_ENV] = "1"
             for name in ("PYTHONHASHSEED", "TORCHREPRO_SEED"):
-                env.pop(name, None)
+                base.pop(name, None)
                 if name in os.environ:
-                    env[name] = os.environ[name]
-        session = _Session(command, folder, env, timeout, progress)
+                    base[name] = os.environ[name]
+        session = _Session(command, folder, base, timeout, progress)
         report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
+        report.resume_at = resume_at
         try:
-            _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
+            if resume_at is not None:
+                _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
+            else:
+                _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
             if (
                 report.divergence is not None
                 and localize
@@ -582,7 +631,7 @@ def check(
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
         finally:
             session.close()
-        report.runs = [run.outcome for run in session.runs if run.tail.path.name.startswith("run")]
+        report.runs = [run.outcome for run in session.runs if run.name != "replay"]
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
         if len(headers) >= 2:
             report.environment = list(environment_differences(headers[0]["env"], headers[1]["env"]))
@@ -619,9 +668,52 @@ def _compare_runs(
             if crashed is not None or (divergence is not None and stop_early):
                 break
             run = session.start(index)
-            compared, found, crashed = session.watch([run], first.tail, max_steps, stop_early)
+            compared, found, crashed = session.watch([run], first, max_steps, stop_early)
             divergence = divergence or found
             session.stop([run])
+    _conclude(report, compared, divergence, crashed)
+
+
+def _compare_resumed(
+    session: _Session,
+    report: CheckReport,
+    resume_at: int,
+    max_steps: int | None,
+    stop_early: bool,
+) -> None:
+    """One uninterrupted run against one stopped after ``resume_at`` steps and resumed."""
+    files = session.workdir / "checkpoints"
+    full = session.start(1, {CHECKPOINT_DIR_ENV: str(files / "run1")})
+    resumed_env = {CHECKPOINT_DIR_ENV: str(files / "run2")}
+    first_leg = session.start(2, {**resumed_env, STOP_AT_ENV: str(resume_at)})
+    compared, divergence, crashed = session.watch([full, first_leg], None, resume_at, stop_early)
+    if crashed is None and divergence is None:
+        code = first_leg.process.wait()
+        first_leg.tail.poll()
+        if code != 0:
+            crashed = first_leg
+        elif len(first_leg.tail.entries) != resume_at:
+            session.stop([full])
+            report.verdict = FAILED
+            report.message = (
+                f"run 2 was asked to stop after step {resume_at} but recorded "
+                f"{len(first_leg.tail.entries)} steps: does the script honour {STOP_AT_ENV}, "
+                f"{RESUME_ENV} and {CHECKPOINT_DIR_ENV}? (examples/resume.py shows how)"
+            )
+            return
+    if crashed is None and divergence is None:
+        second_leg = session.start(2, {**resumed_env, RESUME_ENV: "1"}, name="resumed")
+        more, divergence, crashed = session.watch(
+            [second_leg], full, max_steps, stop_early, skip=resume_at
+        )
+        compared += more
+    session.stop(session.runs)
+    _conclude(report, compared, divergence, crashed)
+
+
+def _conclude(
+    report: CheckReport, compared: int, divergence: Divergence | None, crashed: _Run | None
+) -> None:
     report.steps_compared = compared
     if crashed is not None:
         report.verdict = FAILED
@@ -687,7 +779,9 @@ def check_reproducible(
 ) -> CheckReport:
     """Runs a module-level function in ``runs`` fresh processes and compares their records.
 
-    ``fn`` must be importable by its module name (defined at the top level of a module).
+    ``fn`` must be importable by its module name (defined at the top level of a module);
+    the folder of its module is put on the runs' ``PYTHONPATH``. Options are those of
+    :func:`check`.
 
     Example:
         >>> report = torchrepro.check_reproducible(train_one_epoch, steps=10)
@@ -695,23 +789,22 @@ def check_reproducible(
         'identical'
     """
     module, name = fn.__module__, fn.__qualname__
-    if "<" in name:
-        raise CheckError(f"{name} is not importable; define it at the top level of a module.")
-    file = sys.modules[module].__file__ if module in sys.modules else None
+    if "<" in name or module == "__main__":
+        raise CheckError(
+            f"{module}.{name} cannot be imported by a fresh process; define it at the top "
+            "level of a module other than the script being run."
+        )
+    env = dict(options.pop("env", None) or {})
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if file is not None:
+        paths = [
+            str(Path(file).resolve().parent),
+            env.get("PYTHONPATH", os.environ.get("PYTHONPATH", "")),
+        ]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     command = [
         sys.executable,
         "-c",
         f"import importlib; importlib.import_module({module!r}).{name}()",
     ]
-    env_path = os.environ.get("PYTHONPATH", "")
-    if file is not None:
-        folder = str(Path(file).resolve().parent)
-        if module == "__main__":
-            raise CheckError("fn is defined in __main__; move it into a module to import it.")
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env_path]))
-    try:
-        return check(command, runs=runs, max_steps=steps, **options)
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-        if not env_path:
-            del os.environ["PYTHONPATH"]
+    return check(command, runs=runs, max_steps=steps, env=env, **options)

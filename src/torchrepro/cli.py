@@ -172,6 +172,7 @@ def _check(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             progress=progress,
             plot=args.plot,
+            resume_at=args.resume_at,
         )
     except KeyboardInterrupt:
         print("\ntorchrepro check: interrupted; every run was stopped", file=sys.stderr)
@@ -217,6 +218,14 @@ def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     mode.add_argument(
         "--sequential", dest="sequential", action="store_true", help="run one after another"
+    )
+    parser.add_argument(
+        "--resume-at",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compare an uninterrupted run with one stopped after step K and resumed (the "
+        "script honours TORCHREPRO_STOP_AT, TORCHREPRO_RESUME, TORCHREPRO_CHECKPOINT_DIR)",
     )
     parser.add_argument(
         "--no-seed",

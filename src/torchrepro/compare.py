@@ -64,7 +64,15 @@ _NOTES = {
     "python_implementation": "Python implementation: different runtime.",
 }
 # Keys that describe where a run happened, not how it computes.
-_IGNORED = ("git.dirty", "env_vars.TORCHREPRO_RECORD", "env_vars.TORCHREPRO_RUN")
+_IGNORED = (
+    "git.dirty",
+    "env_vars.TORCHREPRO_RECORD",
+    # What `torchrepro check` sets per run: the run's number and its resume instructions.
+    "env_vars.TORCHREPRO_RUN",
+    "env_vars.TORCHREPRO_STOP_AT",
+    "env_vars.TORCHREPRO_RESUME",
+    "env_vars.TORCHREPRO_CHECKPOINT_DIR",
+)
 
 RecordLike = Union[Record, str, "os.PathLike[str]"]
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Union
 
