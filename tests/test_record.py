@@ -168,10 +168,17 @@ def test_world_size_from_the_environment_inserts_the_rank(
 ) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    weight = torch.nn.Parameter(torch.ones(2))
     with torchrepro.record(tmp_path / "run.jsonl") as recorder:
-        pass
+        torch.optim.SGD([weight], lr=0.1).step()
     assert recorder.path == tmp_path / "run.rank1.jsonl"
     assert read_record(recorder.path).header["rank"] == 1
+
+
+def test_a_process_that_never_steps_leaves_no_record(tmp_path: Path) -> None:
+    with torchrepro.record(tmp_path / "run.jsonl"):
+        pass
+    assert not (tmp_path / "run.jsonl").exists()
 
 
 def test_start_from_env_reads_path_and_options(

@@ -7,8 +7,8 @@ batch that went into the outermost module, RNG states and values given to ``log(
 
 File format (schema version 1), JSON lines, append-only:
 
-* line 1, the header, written at the first optimizer step so that its environment
-  manifest shows what the script set up (threads, flags):
+* line 1, the header, written at the first optimizer step (no step, no file) so that its
+  environment manifest shows what the script set up (threads, flags):
   ``{"format": "torchrepro-record", "schema_version": 1, "rank": 0,
   "world_size": 1, "options": {...}, "env": {...environment manifest...}}``
 * then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
@@ -169,9 +169,9 @@ class Recorder:
         self._closed = False
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # "w": a record describes one run; appending a second run would interleave two.
-        self._file: IO[str] = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
-        self._header_written = False
+        # Opened at the first optimizer step: a process that never steps (torchrun's
+        # launcher, a data-preparation script) leaves no empty record behind.
+        self._file: IO[str] | None = None
         self._handles: list[RemovableHandle] = [
             register_optimizer_step_post_hook(self._on_step),
         ]
@@ -205,8 +205,8 @@ class Recorder:
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         t0 = time.perf_counter()
-        if not self._header_written:
-            self._write_header()
+        if self._file is None:
+            self._start_file()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         info = self._optimizers.get(optimizer)
         if info is None or info.param_count != len(params):
@@ -292,11 +292,12 @@ class Recorder:
         self._write(entry)
         self.entries += 1
 
-    def _write_header(self) -> None:
-        # Written at the first step (or at close), not at start: the manifest then shows
+    def _start_file(self) -> None:
+        # The header is written at the first step, not at start: the manifest then shows
         # what the script set up before training (thread counts, determinism flags).
         manifest = environment()
-        self._header_written = True
+        # "w": a record describes one run; appending a second run would interleave two.
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._write(
             {
                 "format": FORMAT,
@@ -312,6 +313,7 @@ class Recorder:
     def _write(self, obj: dict[str, Any]) -> None:
         # One write and a flush per line: a crash leaves complete lines plus at most one
         # partial line, which read_record drops.
+        assert self._file is not None
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self._file.flush()
 
@@ -327,13 +329,12 @@ class Recorder:
             if handle is not None:
                 handle.remove()
         try:
-            if not self._header_written:
-                self._write_header()
             if self._waiting is not None:
                 self._finish(self._waiting)
                 self._waiting = None
         finally:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
             atexit.unregister(self.close)
             if _active is self:
                 _active = None
