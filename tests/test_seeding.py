@@ -16,6 +16,11 @@ from torchrepro import SeedError, derive_seed, seed_everything
 from torchrepro._derive import hash_string, normalize_seed
 
 
+GOLDEN_PYTHON = 0.2147004015510413
+GOLDEN_NUMPY = 0.2402204917545766
+GOLDEN_TORCH = [0.8995607495307922, 0.9084936380386353]
+
+
 def draws() -> tuple[float, float, float]:
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
@@ -63,6 +68,7 @@ def test_derived_seeds_do_not_collide_across_roots_ranks_workers_and_epochs() ->
     # 196,608 values in 2**32 slots: a well-mixed function gives ~4.5 collisions by the
     # birthday bound, and no function of the keys can promise none. A scheme that leaves
     # the low half unmixed (seed + k, or keys packed into the high bits) gives thousands.
+    # What the low half would decide, torch's CPU stream, is seeded from all 64 bits (below).
     low = seeds & np.uint64(0xFFFFFFFF)
     assert len(seeds) - len(np.unique(low)) <= 20
 
@@ -111,6 +117,30 @@ def test_seed_error_says_what_was_got_and_what_to_do() -> None:
 def test_keys_are_validated_like_seeds() -> None:
     with pytest.raises(SeedError, match="key 1 of derive_seed"):
         derive_seed(1, "ok", -3)
+
+
+def test_torch_cpu_streams_use_all_64_bits_of_a_seed() -> None:
+    from torchrepro._sources import _seed_torch
+
+    torch.manual_seed(5)
+    plain = torch.rand(4)
+    torch.manual_seed(5 + 2**32)
+    assert torch.equal(torch.rand(4), plain)  # torch alone keeps only the low 32 bits
+
+    _seed_torch(5)
+    ours = torch.rand(4)
+    _seed_torch(5 + 2**32)
+    assert not torch.equal(torch.rand(4), ours)
+    _seed_torch(5)
+    assert torch.equal(torch.rand(4), ours)
+    assert torch.initial_seed() == 5
+
+
+def test_seeded_draws_keep_their_golden_values() -> None:
+    seed_everything(11)
+    assert random.random() == GOLDEN_PYTHON
+    assert float(np.random.rand()) == GOLDEN_NUMPY
+    assert torch.rand(2).tolist() == GOLDEN_TORCH
 
 
 # seed_everything ----------------------------------------------------------------------

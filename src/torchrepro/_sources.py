@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -305,8 +306,31 @@ def _device_available(name: str) -> Callable[[], bool]:
     return available
 
 
+# torch's CPU generator state (Mersenne Twister, torch's legacy layout): the initial seed
+# as uint64 at byte 0, then left, seeded, next, then 624 state words stored as uint64.
+_MT_STATE_BYTES = 5056
+_MT_WORDS_OFFSET = 24
+_MT_WORDS = 624
+
+
 def _seed_torch(seed: int) -> None:
+    """Seeds torch on every device, the CPU generator from all 64 bits of ``seed``.
+
+    ``torch.manual_seed`` keeps only the low 32 bits for the CPU generator (seeds 5 and
+    2**32 + 5 draw the same numbers), so two of many derived seeds sharing their low half
+    would share a stream. The CPU generator's 624 state words are instead filled from
+    ``SeedSequence`` over the whole seed, which Mersenne Twister accepts as a state.
+    """
     torch.manual_seed(seed)
+    state = torch.get_rng_state()
+    if state.numel() != _MT_STATE_BYTES or sys.byteorder != "little":
+        return  # an unknown layout: the 32-bit seeding above stays, as torch does it
+    raw = state.numpy().copy()
+    words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32]).generate_state(_MT_WORDS)
+    end = _MT_WORDS_OFFSET + 8 * _MT_WORDS
+    raw[_MT_WORDS_OFFSET:end] = words.astype("<u8").view(np.uint8)
+    raw[:8] = np.array([seed], dtype="<u8").view(np.uint8)
+    torch.set_rng_state(torch.from_numpy(raw))
 
 
 def _cuda_state() -> list[torch.Tensor]:
