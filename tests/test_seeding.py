@@ -15,7 +15,6 @@ from conftest import PYTHON, SCRIPTS, child_env
 from torchrepro import SeedError, derive_seed, seed_everything
 from torchrepro._derive import hash_string, normalize_seed
 
-
 GOLDEN_PYTHON = 0.2147004015510413
 GOLDEN_NUMPY = 0.2402204917545766
 GOLDEN_TORCH = [0.8995607495307922, 0.9084936380386353]
