@@ -91,7 +91,7 @@ class Scale:
     @classmethod
     def of(cls, quick: bool, epochs: int | None = None) -> Scale:
         """The full demo's scale, or ``--quick``'s; ``epochs`` overrides either's."""
-        base = cls(2, 512, 256) if quick else cls(6, 2400, 600)
+        base = cls(2, 512, 256) if quick else cls(8, 3000, 600)
         return base if epochs is None else dataclasses.replace(base, epochs=epochs)
 
 
@@ -118,8 +118,8 @@ def render_shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     def uniform(low: float, high: float) -> torch.Tensor:
         return (low + (high - low) * torch.rand(count, 1, 1, generator=g)).double()
 
-    cx, cy = uniform(6.5, 13.5), uniform(6.5, 13.5)
-    r = uniform(3.0, 6.5)
+    cx, cy = uniform(7.0, 13.0), uniform(7.0, 13.0)
+    r = uniform(4.0, 7.0)
     theta = uniform(0.0, 2 * math.pi)
     ys, xs = torch.meshgrid(
         torch.arange(SIZE, dtype=torch.float64), torch.arange(SIZE, dtype=torch.float64),
@@ -148,10 +148,10 @@ def render_shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
     score = inside[labels, torch.arange(count)]
     shape = torch.sigmoid(2.0 * score)
-    contrast = uniform(0.6, 1.2)
+    contrast = uniform(0.8, 1.4)
     slope = uniform(-0.04, 0.04)
     background = slope * (xs - SIZE / 2) + uniform(-0.3, 0.3)
-    noise = 0.45 * torch.randn(count, SIZE, SIZE, generator=g, dtype=torch.float64)
+    noise = 0.3 * torch.randn(count, SIZE, SIZE, generator=g, dtype=torch.float64)
     images = contrast * shape + background + noise
     return images.float().unsqueeze(1), labels
 
@@ -179,7 +179,7 @@ class AugmentedShapes(Dataset[Sample]):
         shift_x, shift_y = random.randint(-2, 2), random.randint(-2, 2)
         flip = random.random() < 0.5
         gain = float(np.random.uniform(0.7, 1.3))
-        noise = 0.3 * torch.randn_like(image)
+        noise = 0.2 * torch.randn_like(image)
         image = torch.roll(image, shifts=(shift_y, shift_x), dims=(1, 2))
         if flip:
             image = image.flip(-1)
@@ -602,6 +602,12 @@ def run_demo(
     stream = sys.stderr if progress is None else progress
     lock = threading.Lock()
     start = time.perf_counter()
+    print(
+        f"torchrepro demo: training {len(SETUPS)} setups x {RUNS} runs, {parallel} at a time, "
+        f"each a fresh process ({scale.epochs} epochs each)",
+        file=stream,
+        flush=True,
+    )
     # The two runs of a setup train side by side, as two real trainings would.
     jobs = [(key, label, index) for key, label in SETUPS for index in range(1, RUNS + 1)]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
