@@ -548,24 +548,33 @@ def plot(report_setups: Sequence[SetupResult], path: Path) -> str | None:
         return "matplotlib is not installed; pip install 'torchrepro[plot]' for the PNG"
     matplotlib.use("Agg")  # no display needed, and none is touched
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for s in report_setups:
+    # One panel per setup: two runs that repeat draw one curve, two that do not draw two.
+    figure, panels = plt.subplots(
+        1, len(report_setups), figsize=(4 * len(report_setups), 3.8), sharey=True, squeeze=False
+    )
+    for axes, s in zip(panels[0], report_setups):
         for run in s.runs:
-            epochs = range(1, len(run.accuracy) + 1)
             axes.plot(
-                epochs,
+                range(1, len(run.accuracy) + 1),
                 [100 * a for a in run.accuracy],
                 color=_STYLES.get(s.key, "black"),
                 linestyle="-" if run.index == 1 else "--",
                 marker="o" if run.index == 1 else "x",
-                label=f"{s.label}, run {run.index}",
+                label=f"run {run.index}",
             )
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("held-out accuracy (%)")
-    axes.set_title("torchrepro demo: two runs per setup (dashed over solid = identical)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+        axes.set_title(
+            f"{s.label}\nbitwise identical: {'yes' if s.identical else 'no'}; "
+            f"workers distinct: {'yes' if s.workers_distinct else 'NO'}",
+            fontsize=10,
+        )
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, loc="lower right")
+    panels[0][0].set_ylabel("held-out accuracy (%)")
+    figure.suptitle("torchrepro demo: each setup trained twice, in fresh processes")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
