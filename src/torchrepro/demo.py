@@ -496,23 +496,23 @@ def _run_child(
     ]
     result: dict[str, Any] | None = None
     with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(
+        with subprocess.Popen(
             command, env=_child_env(), stdout=subprocess.PIPE, stderr=errors, text=True
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            message = json.loads(line) if line.startswith("{") else {}
-            if "progress" in message:
-                p = message["progress"]
-                with lock:
-                    print(
-                        f"  {label}, run {index}: epoch {p['epoch']}/{scale.epochs}  "
-                        f"accuracy {100 * p['accuracy']:.2f} %  loss {p['loss']:.4f}",
-                        file=progress,
-                        flush=True,
-                    )
-            elif "result" in message:
-                result = message["result"]
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                message = json.loads(line) if line.startswith("{") else {}
+                if "progress" in message:
+                    p = message["progress"]
+                    with lock:
+                        print(
+                            f"  {label}, run {index}: epoch {p['epoch']}/{scale.epochs}  "
+                            f"accuracy {100 * p['accuracy']:.2f} %  loss {p['loss']:.4f}",
+                            file=progress,
+                            flush=True,
+                        )
+                elif "result" in message:
+                    result = message["result"]
         code = process.wait()
         errors.seek(0)
         stderr = errors.read()
@@ -624,7 +624,12 @@ def run_demo(
             pool.submit(_run_child, key, label, index, scale, stream, lock)
             for key, label, index in jobs
         ]
-        runs = [future.result() for future in futures]
+        try:
+            runs = [future.result() for future in futures]
+        except BaseException:
+            # A failed run is reported now, not after the runs still queued have trained.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     setups = tuple(
         SetupResult(key, label, tuple(r for r in runs if r.setup == key)) for key, label in SETUPS
     )
