@@ -85,8 +85,9 @@ def test_the_demo_writes_a_valid_png_of_the_accuracy_curves(quick: QuickDemo) ->
 
 
 def test_the_demo_ends_with_the_measured_verdict_on_torchrepro(quick: QuickDemo) -> None:
-    last = quick.stdout.strip().splitlines()[-1]
-    assert last.startswith("verdict on setup 3 (torchrepro): REPEATABLE")
+    after_table = quick.stdout.split("| 3 torchrepro")[1]
+    assert "verdict on setup 3 (torchrepro): REPEATABLE\n" in after_table
+    assert "bitwise-identical parameters" in after_table
 
 
 def test_progress_is_shown_for_every_epoch_of_every_run(quick: QuickDemo) -> None:

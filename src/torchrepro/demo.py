@@ -436,18 +436,19 @@ class DemoReport:
         """The demo's report: what was trained, the table, the plot, the verdict."""
         scale = self.scale
         lines = [
-            f"torchrepro demo: a small CNN, {scale.train} generated {SIZE}x{SIZE} images of "
-            f"{len(CLASSES)} noisy shapes, random augmentation in __getitem__ (random, numpy, "
-            f"torch), a {WORKERS}-worker DataLoader, {scale.epochs} epochs; each setup trained "
-            f"{RUNS} times, each run a fresh process; accuracy and loss on {scale.test} "
-            "held-out images.",
+            f"torchrepro demo: one small CNN, {scale.train} generated {SIZE}x{SIZE} images of "
+            f"{len(CLASSES)} noisy shapes,",
+            "random augmentation in __getitem__ (random, numpy, torch), a "
+            f"{WORKERS}-worker DataLoader, {scale.epochs} epochs.",
+            f"Each setup trained {RUNS} times, each run a fresh process; accuracy and loss on "
+            f"{scale.test} held-out images.",
             "",
             self.table(),
             "",
             "worker streams: per run, how many of its "
             f"{WORKERS} workers x {scale.epochs} epochs drew a first batch of augmentation "
             "unlike all the others.",
-            f"6 runs in {self.seconds:.0f} s.",
+            f"{sum(len(s.runs) for s in self.setups)} runs in {self.seconds:.0f} s.",
         ]
         lines.append(f"accuracy curves: {self.png}" if self.png else f"no plot: {self.png_note}")
         lines += ["", verdict(self)]
@@ -462,18 +463,18 @@ def verdict(report: DemoReport) -> str:
     the demo's own comparison of final parameters below. Nothing else needs to change.
     """
     s = report.setup("torchrepro")
-    digests = sorted({run.digest[:16] for run in s.runs})
+    digests = ", ".join(sorted({run.digest[:16] for run in s.runs}))
     if s.identical:
-        return (
-            f"verdict on setup 3 (torchrepro): REPEATABLE: its {len(s.runs)} runs, separate "
-            f"processes, ended with bitwise-identical parameters (sha256 {digests[0]}...). "
-            "[measured by this demo; `torchrepro check` will give this verdict]"
+        finding = (
+            f"verdict on setup 3 (torchrepro): REPEATABLE\n  its {len(s.runs)} runs, separate "
+            f"processes, ended with bitwise-identical parameters (sha256 {digests}...)"
         )
-    return (
-        f"verdict on setup 3 (torchrepro): DIVERGED: its {len(s.runs)} runs ended with "
-        f"different parameters (sha256 {', '.join(digests)}). "
-        "[measured by this demo; `torchrepro check` will give this verdict]"
-    )
+    else:
+        finding = (
+            f"verdict on setup 3 (torchrepro): DIVERGED\n  its {len(s.runs)} runs ended with "
+            f"different parameters (sha256 {digests})"
+        )
+    return f"{finding}\n  (compared by this demo; `torchrepro check` will give this verdict)"
 
 
 def _child_env() -> dict[str, str]:
