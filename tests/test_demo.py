@@ -52,26 +52,26 @@ def test_quick_demo_succeeds_with_one_row_per_setup(quick: QuickDemo) -> None:
 
 def test_torchrepros_two_runs_are_bitwise_identical(quick: QuickDemo) -> None:
     row = quick.rows()["3 torchrepro"]
-    assert row["params bitwise identical"] == "yes"
+    assert row["bitwise identical"] == "yes"
     assert row["run 1 acc"] == row["run 2 acc"] and row["run 1 loss"] == row["run 2 loss"]
     assert row["acc spread"] == "0.00 pp"
 
 
 def test_torchrepros_workers_draw_distinct_streams(quick: QuickDemo) -> None:
-    assert quick.rows()["3 torchrepro"]["worker streams distinct"] == "yes: 4/4, 4/4"
+    assert quick.rows()["3 torchrepro"]["workers distinct"] == "yes: 4/4, 4/4"
 
 
 def test_the_starting_recipes_workers_are_reported_as_duplicated(quick: QuickDemo) -> None:
     row = quick.rows()["2 starting recipe"]
-    assert row["worker streams distinct"] == "NO: 1/4, 1/4"
-    assert row["params bitwise identical"] == "yes"
+    assert row["workers distinct"] == "NO: 1/4, 1/4"
+    assert row["bitwise identical"] == "yes"
 
 
 def test_unseeded_runs_end_with_different_parameters_despite_a_seed_in_the_parent(
     quick: QuickDemo,
 ) -> None:
     # The parent had TORCHREPRO_SEED and PYTHONHASHSEED set; the runs must not inherit them.
-    assert quick.rows()["1 no seeding"]["params bitwise identical"] == "no"
+    assert quick.rows()["1 no seeding"]["bitwise identical"] == "no"
 
 
 def test_the_demo_writes_a_valid_png_of_the_accuracy_curves(quick: QuickDemo) -> None:

@@ -370,6 +370,13 @@ class SetupResult:
         return max(finals) - min(finals)
 
     @property
+    def widest_accuracy_spread(self) -> tuple[float, int]:
+        """The largest accuracy spread after any epoch, and that epoch (1-based)."""
+        spreads = [max(accs) - min(accs) for accs in zip(*(run.accuracy for run in self.runs))]
+        widest = max(range(len(spreads)), key=spreads.__getitem__)
+        return spreads[widest], widest + 1
+
+    @property
     def loss_spread(self) -> float:
         finals = [run.loss[-1] for run in self.runs]
         return max(finals) - min(finals)
@@ -400,13 +407,14 @@ class DemoReport:
     def table(self) -> str:
         """The comparison table: one row per setup, cells separated by ``|``."""
         header = (
-            "setup", "run 1 acc", "run 1 loss", "run 2 acc", "run 2 loss",
-            "acc spread", "loss spread", "params bitwise identical", "worker streams distinct",
+            "setup", "run 1 acc", "run 1 loss", "run 2 acc", "run 2 loss", "acc spread",
+            "loss spread", "widest acc spread", "bitwise identical", "workers distinct",
         )
         rows = [header]
         for s in self.setups:
             one, two = s.runs
             counts = ", ".join(f"{r.distinct_streams}/{len(r.streams)}" for r in s.runs)
+            widest = s.widest_accuracy_spread
             rows.append(
                 (
                     s.label,
@@ -416,6 +424,7 @@ class DemoReport:
                     f"{two.loss[-1]:.4f}",
                     f"{100 * s.accuracy_spread:.2f} pp",
                     f"{s.loss_spread:.4f}",
+                    f"{100 * widest[0]:.2f} pp, epoch {widest[1]}" if widest[0] else "0.00 pp",
                     "yes" if s.identical else "no",
                     f"{'yes' if s.workers_distinct else 'NO'}: {counts}",
                 )
@@ -424,7 +433,7 @@ class DemoReport:
         lines = []
         for n, row in enumerate(rows):
             cells = [
-                cell.ljust(w) if i in (0, 7, 8) else cell.rjust(w)
+                cell.ljust(w) if i in (0, 8, 9) else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths))
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -445,7 +454,8 @@ class DemoReport:
             "",
             self.table(),
             "",
-            "worker streams: per run, how many of its "
+            "widest acc spread: the largest gap between the two runs' accuracy after any epoch.",
+            "workers distinct: per run, how many of its "
             f"{WORKERS} workers x {scale.epochs} epochs drew a first batch of augmentation "
             "unlike all the others.",
             f"{sum(len(s.runs) for s in self.setups)} runs in {self.seconds:.0f} s.",
