@@ -7,7 +7,7 @@ READY := $(VENV)/.ready
 .PHONY: demo test lint
 
 demo: $(READY)
-	$(PY) examples/train.py
+	$(PY) -m torchrepro demo
 
 test: $(READY)
 	$(PY) -m pytest

@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.workdir is None:
-        parser.error("--workdir is required (or TORCHREPRO_CHECKPOINT_DIR)")
+        args.workdir = Path(tempfile.mkdtemp(prefix="torchrepro-resume-"))
+        print(f"no --workdir given; writing to {args.workdir}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     steps_file = args.workdir / "steps.txt"
     checkpoint_file = args.workdir / "checkpoint.pt"
