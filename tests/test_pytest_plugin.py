@@ -22,7 +22,7 @@ import torch
 import torchrepro
 from torchrepro import isolate_rng, pytest_plugin
 from torchrepro._derive import derive_seed
-from torchrepro._sources import seed_all
+from torchrepro._sources import _seed_torch, seed_all
 
 pytest_plugins = ["pytester"]
 
@@ -302,7 +302,7 @@ def test_reseed_for_randomly_seeds_torch_from_randomlys_seed_outside_torchrepro_
         first = torch.rand(3)
         pytest_plugin.reseed_for_randomly(1)
         assert torch.equal(torch.rand(3), first)
-        torch.manual_seed(derive_seed(1, "torch"))
+        _seed_torch(derive_seed(1, "torch"))
         assert torch.equal(torch.rand(3), first)
 
 

@@ -135,6 +135,15 @@ def test_torch_cpu_streams_use_all_64_bits_of_a_seed() -> None:
     assert torch.initial_seed() == 5
 
 
+def test_derived_generators_use_all_64_bits_of_their_seed() -> None:
+    from torchrepro._sources import seed_generator
+
+    low = torch.rand(4, generator=seed_generator(torch.Generator(), 5))
+    high = torch.rand(4, generator=seed_generator(torch.Generator(), 5 + 2**32))
+    again = torch.rand(4, generator=seed_generator(torch.Generator(), 5))
+    assert not torch.equal(low, high) and torch.equal(low, again)
+
+
 def test_seeded_draws_keep_their_golden_values() -> None:
     seed_everything(11)
     assert random.random() == GOLDEN_PYTHON

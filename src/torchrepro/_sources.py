@@ -313,24 +313,33 @@ _MT_WORDS_OFFSET = 24
 _MT_WORDS = 624
 
 
-def _seed_torch(seed: int) -> None:
-    """Seeds torch on every device, the CPU generator from all 64 bits of ``seed``.
+def seed_generator(generator: torch.Generator, seed: int) -> torch.Generator:
+    """Seeds a torch generator with all 64 bits of ``seed``, and returns it.
 
-    ``torch.manual_seed`` keeps only the low 32 bits for the CPU generator (seeds 5 and
-    2**32 + 5 draw the same numbers), so two of many derived seeds sharing their low half
-    would share a stream. The CPU generator's 624 state words are instead filled from
-    ``SeedSequence`` over the whole seed, which Mersenne Twister accepts as a state.
+    ``manual_seed`` keeps only the low 32 bits for a CPU generator (seeds 5 and 2**32 + 5
+    draw the same numbers), so two of many derived seeds sharing their low half would
+    share a stream. A CPU generator's 624 Mersenne Twister words are instead filled from
+    ``SeedSequence`` over the whole seed. Device generators (Philox) take 64 bits already.
     """
-    torch.manual_seed(seed)
-    state = torch.get_rng_state()
+    generator.manual_seed(seed)
+    if generator.device.type != "cpu":
+        return generator
+    state = generator.get_state()
     if state.numel() != _MT_STATE_BYTES or sys.byteorder != "little":
-        return  # an unknown layout: the 32-bit seeding above stays, as torch does it
+        return generator  # an unknown layout: the 32-bit seeding above stays, as torch does it
     raw = state.numpy().copy()
     words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32]).generate_state(_MT_WORDS)
     end = _MT_WORDS_OFFSET + 8 * _MT_WORDS
     raw[_MT_WORDS_OFFSET:end] = words.astype("<u8").view(np.uint8)
     raw[:8] = np.array([seed], dtype="<u8").view(np.uint8)
-    torch.set_rng_state(torch.from_numpy(raw))
+    generator.set_state(torch.from_numpy(raw))
+    return generator
+
+
+def _seed_torch(seed: int) -> None:
+    """Seeds torch on every device; the CPU generator from all 64 bits (see above)."""
+    torch.manual_seed(seed)
+    seed_generator(torch.default_generator, seed)
 
 
 def _cuda_state() -> list[torch.Tensor]:

@@ -51,7 +51,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from torchrepro._derive import SeedLike, derive_seed, normalize_seed
-from torchrepro._sources import available_sources, capture_all, restore_all, seed_all
+from torchrepro._sources import (
+    available_sources,
+    capture_all,
+    restore_all,
+    seed_all,
+    seed_generator,
+)
 from torchrepro.errors import SeedError, StateError
 
 SEED_ENV = "TORCHREPRO_SEED"
@@ -286,8 +292,9 @@ class ResumableSampler(Sampler[int]):
         count = len(self.data_source)
         if not self.shuffle:
             return list(range(count))
-        generator = torch.Generator()
-        generator.manual_seed(derive_seed(self.seed, "order", *self.key, epoch))
+        generator = seed_generator(
+            torch.Generator(), derive_seed(self.seed, "order", *self.key, epoch)
+        )
         return [int(i) for i in torch.randperm(count, generator=generator).tolist()]
 
     def __iter__(self) -> Iterator[int]:
@@ -447,8 +454,9 @@ def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
         )
         arguments["sampler"] = sampler
     if arguments.get("generator") is None:
-        generator = torch.Generator()
-        generator.manual_seed(derive_seed(config.root, "loader", config.rank, index))
+        generator = seed_generator(
+            torch.Generator(), derive_seed(config.root, "loader", config.rank, index)
+        )
         arguments["generator"] = generator
         if "sampler" in arguments and isinstance(arguments["sampler"], ResumableSampler):
             track = _Track(index, config.root, config.rank, arguments["sampler"], generator)

@@ -59,6 +59,7 @@ def _threads() -> ThreadPoolExecutor:
         _pool = ThreadPoolExecutor(max(1, min(4, torch.get_num_threads())), "torchrepro-digest")
     return _pool
 
+
 _MASK64 = (1 << 64) - 1
 _XXH3_PREFIX = b"torchrepro-xxh3_128\0"
 

@@ -13,7 +13,7 @@ import torch
 
 from torchrepro import data, determinism
 from torchrepro._derive import SeedLike, derive_seed, normalize_seed
-from torchrepro._sources import capture_all, restore_all, seed_all
+from torchrepro._sources import capture_all, restore_all, seed_all, seed_generator
 
 log = logging.getLogger("torchrepro")
 
@@ -136,9 +136,7 @@ def torch_generator(*keys: SeedLike, device: str | torch.device = "cpu") -> torc
         >>> seed_everything(11)
         >>> noise = torch.randn(3, generator=torch_generator("noise"))
     """
-    generator = torch.Generator(device=device)
-    generator.manual_seed(derive_seed(root_seed(), "torch", *keys))
-    return generator
+    return seed_generator(torch.Generator(device=device), derive_seed(root_seed(), "torch", *keys))
 
 
 @contextlib.contextmanager
