@@ -26,9 +26,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import queue
 import random
-import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -136,51 +134,6 @@ def _rng_digests() -> dict[str, str]:
     return out
 
 
-class _LineWriter:
-    """Appends JSON lines to a file from a thread of its own, off the training step.
-
-    Each line is written and flushed as soon as the thread gets it: a crash loses at most
-    the lines still queued (the step in flight) and leaves complete lines plus at most one
-    partial line, which read_record drops. An error while writing is raised by the next
-    ``write`` or by ``close``.
-    """
-
-    def __init__(self, path: Path) -> None:
-        # "w": a record describes one run; appending a second run would interleave two.
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="torchrepro-record", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (obj := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
-                self._file.flush()
-            except BaseException as error:  # raised again in the training thread
-                self._error = error
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise RecordError(
-                f"writing the record {self._file.name!r} failed: {self._error}; expected a "
-                "writable file. Free disk space or record to another path."
-            ) from self._error
-
-    def write(self, obj: dict[str, Any]) -> None:
-        self._raise()
-        self._queue.put(obj)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._file.close()
-        self._raise()
-
-
 class Recorder:
     """An open run record. Made by :func:`record`; close it with :meth:`close` or ``with``.
 
@@ -218,7 +171,7 @@ class Recorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Opened at the first optimizer step: a process that never steps (torchrun's
         # launcher, a data-preparation script) leaves no empty record behind.
-        self._file: _LineWriter | None = None
+        self._file: IO[str] | None = None
         self._handles: list[RemovableHandle] = [
             register_optimizer_step_post_hook(self._on_step),
         ]
@@ -343,7 +296,8 @@ class Recorder:
         # The header is written at the first step, not at start: the manifest then shows
         # what the script set up before training (thread counts, determinism flags).
         manifest = environment()
-        self._file = _LineWriter(self.path)
+        # "w": a record describes one run; appending a second run would interleave two.
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._write(
             {
                 "format": FORMAT,
@@ -357,8 +311,11 @@ class Recorder:
         )
 
     def _write(self, obj: dict[str, Any]) -> None:
+        # One write and a flush per line, in the training thread: a crash right after a
+        # step keeps that step, and leaves at most one partial line, which read_record drops.
         assert self._file is not None
-        self._file.write(obj)
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._file.flush()
 
     # -- public ------------------------------------------------------------------------
 
