@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Union
+from typing import IO, Any, Union
 
 import torch
 from torch.nn.modules.module import (
