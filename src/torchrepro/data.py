@@ -500,9 +500,7 @@ def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
     user_sampler = arguments.get("sampler")
     batch_size = arguments.get("batch_size", 1)
     if isinstance(user_sampler, DistributedSampler) and _trackable(arguments):
-        arguments["sampler"] = ResumableDistributedSampler(
-            user_sampler, batch_size=batch_size or 1
-        )
+        arguments["sampler"] = ResumableDistributedSampler(user_sampler, batch_size=batch_size or 1)
     elif user_sampler is None and _trackable(arguments):
         sampler = ResumableSampler(
             arguments["dataset"],
