@@ -334,12 +334,14 @@ class _Replicas:
             self.every = _every_from_env()
         result = None
         if self.every and step % self.every == 0:
-            result = self._compare(step, self._named(optimizer))
+            named = self._named(optimizer)
+            # Every rank holds the same structure under DDP, so all skip or all gather.
+            result = self._compare(step, named) if named else None
         self.done[optimizer] = (step, result)
         return result
 
     def _compare(self, step: int, named: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
-        digests = _digest_tensors([p for _, p in named], None).hexdigests() if named else []
+        digests = _digest_tensors([p for _, p in named], None).hexdigests()
         gathered: list[Any] = [None] * world_size()
         # Object all-gather: 32 hex characters per parameter, every N steps; it works on
         # gloo and NCCL alike (NCCL needs torch.cuda.set_device, as DDP does).
