@@ -24,9 +24,11 @@ from torchrepro.detops import (
     patch_nondeterministic_ops,
     unpatch_nondeterministic_ops,
 )
+from torchrepro.distributed import split_streams, verify_replicas
 from torchrepro.env import environment
 from torchrepro.errors import (
     DeterminismError,
+    DistributedError,
     FingerprintError,
     RecordError,
     ReplacementError,
@@ -63,6 +65,7 @@ __all__ = [
     "DeterminismError",
     "DeterminismStatus",
     "Digest",
+    "DistributedError",
     "FingerprintError",
     "RNGState",
     "Record",
@@ -101,8 +104,10 @@ __all__ = [
     "seed_everything",
     "seed_per_sample",
     "seed_worker",
+    "split_streams",
     "state_dict",
     "torch_generator",
     "unpatch_nondeterministic_ops",
+    "verify_replicas",
     "worker_init_fn",
 ]

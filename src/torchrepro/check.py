@@ -22,13 +22,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from torchrepro import localize as loc
 from torchrepro._derive import SeedLike
 from torchrepro.compare import EnvDifference, entry_values, environment_differences
+from torchrepro.distributed import REPLICA_EVERY_ENV
 from torchrepro.errors import RecordError, TorchReproError
 from torchrepro.launch import NO_SEED_ENV, child_environment
 from torchrepro.record import FORMAT
@@ -81,7 +82,12 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class Divergence:
-    """The first entry at which run ``b`` differs from run ``a``."""
+    """The first entry at which run ``b`` differs from run ``a``.
+
+    Under torchrun, ``rank`` is the rank where the difference appears first (its batch or
+    logged values before the all-reduced gradients every rank shares), ``ranks`` every rank
+    that differs at that entry; both stay empty for a single process.
+    """
 
     a: int
     b: int
@@ -89,6 +95,8 @@ class Divergence:
     step: int | None
     optimizer: int | None
     keys: tuple[str, ...]
+    rank: int | None = None
+    ranks: tuple[int, ...] = ()
 
     @property
     def section(self) -> str:
@@ -124,6 +132,7 @@ class CheckReport:
     message: str = ""
     series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     resume_at: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -148,6 +157,7 @@ class CheckReport:
             "message": self.message,
             "series": self.series,
             "resume_at": self.resume_at,
+            "notes": self.notes,
         }
 
     def render(self) -> str:
@@ -177,7 +187,9 @@ class CheckReport:
             d = self.divergence
             assert d is not None
             lines.append(
-                f"DIVERGED at step {d.step} (of {self.steps_compared} compared)"
+                f"DIVERGED at step {d.step}"
+                + (f" on rank {d.rank}" if d.rank is not None else "")
+                + f" (of {self.steps_compared} compared)"
                 + (f", run {d.b} vs run {d.a}" if d.b != 2 or d.a != 1 else "")
                 + (
                     " after the resume"
@@ -186,8 +198,15 @@ class CheckReport:
                 )
             )
             lines.append(f"  first differing record: {d.describe()}")
+            if len(d.ranks) > 1:
+                lines.append(
+                    "  ranks that differ at that step: "
+                    + ", ".join(map(str, d.ranks))
+                    + f" (rank {d.rank} first)"
+                )
             if self.localization is not None:
                 lines.append(f"  first differing module: {self.localization.describe()}")
+        lines += [f"  {note}" for note in self.notes]
         if self.environment:
             lines.append(f"  environment: {len(self.environment)} difference(s)")
             lines += [f"    {e.key}: {e.a} vs {e.b} ({e.note})" for e in self.environment]
@@ -199,7 +218,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
-class _Tail:
+class _FileTail:
     """Reads the complete lines appended to a record file since the last read."""
 
     def __init__(self, path: Path) -> None:
@@ -227,6 +246,67 @@ class _Tail:
                 self.header = obj
             else:
                 self.entries.append(obj)
+
+
+class _Tail:
+    """The record of one run: its own file, or one file per rank under torchrun.
+
+    With several ranks (``run1.rank0.jsonl``, ``run1.rank1.jsonl``...) entry ``i`` exists
+    once every rank has written its ``i``-th step; it holds each rank's entry under
+    ``"ranks"``, so runs are compared rank by rank in lockstep. The header is rank 0's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.single = _FileTail(path)
+        self.ranks: dict[int, _FileTail] = {}
+        self.header: dict[str, Any] | None = None
+        self.entries: list[dict[str, Any]] = []
+
+    def poll(self) -> None:
+        self.single.poll()
+        if self.single.header is not None:
+            self.header, self.entries = self.single.header, self.single.entries
+            return
+        self._discover()
+        for tail in self.ranks.values():
+            tail.poll()
+        headers = {r: t.header for r, t in self.ranks.items() if t.header is not None}
+        if not headers:
+            return
+        self.header = headers.get(0, next(iter(headers.values())))
+        world = int(self.header.get("world_size", len(self.ranks)))
+        tails = [self.ranks.get(r) for r in range(world)]
+        available = min(len(t.entries) if t is not None else 0 for t in tails)
+        for index in range(len(self.entries), available):
+            per_rank = [t.entries[index] for t in tails if t is not None]
+            first = per_rank[0]
+            self.entries.append(
+                {
+                    "step": first.get("step"),
+                    "optimizer": first.get("optimizer"),
+                    "algorithm": first.get("algorithm"),
+                    "ranks": per_rank,
+                }
+            )
+
+    def _discover(self) -> None:
+        prefix, suffix = f"{self.path.stem}.rank", self.path.suffix
+        for path in self.path.parent.glob(f"{prefix}*{suffix}"):
+            number = path.name[len(prefix) : len(path.name) - len(suffix)]
+            if number.isdigit() and int(number) not in self.ranks:
+                self.ranks[int(number)] = _FileTail(path)
+
+    def replica_drift(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """Replica checks that found a rank whose parameters differ from rank 0's."""
+        found = []
+        for entry in self.entries:
+            for rank_entry in entry.get("ranks", [entry]):
+                replicas = rank_entry.get("replicas")
+                if replicas and replicas.get("drifting"):
+                    found.append((entry.get("step"), replicas))
+                    break
+        return found
 
 
 @dataclass
@@ -284,6 +364,40 @@ def _compare(
     keys = [*va, *(k for k in vb if k not in va)]
     differing = tuple(k for k in keys if va.get(k) != vb.get(k))
     return differing or None
+
+
+_CAUSAL_ORDER = ("steps", "batch", "rng", "log", "grads", "params")
+
+
+def _section_rank(keys: tuple[str, ...]) -> int:
+    section = keys[0].split(".", 1)[0].split("[", 1)[0] if keys else "steps"
+    return _CAUSAL_ORDER.index(section) if section in _CAUSAL_ORDER else len(_CAUSAL_ORDER)
+
+
+def _compare_entries(
+    a: dict[str, Any], b: dict[str, Any], same_step: bool = True
+) -> tuple[int | None, tuple[int, ...], tuple[str, ...]] | None:
+    """(rank, ranks that differ, keys) of the first difference, or None when they match.
+
+    For per-rank entries the rank named is the one whose difference comes first in causal
+    order (its batch or its logged loss before anyone's all-reduced gradients), the lowest
+    rank on a tie: the rank where the difference most likely started.
+    """
+    if "ranks" not in a or "ranks" not in b:
+        keys = _compare(a, b, same_step)
+        return None if keys is None else (None, (), keys)
+    ours, theirs = a["ranks"], b["ranks"]
+    if len(ours) != len(theirs):
+        return None, (), ("steps",)
+    differing = {}
+    for rank, (x, y) in enumerate(zip(ours, theirs)):
+        keys = _compare(x, y, same_step)
+        if keys is not None:
+            differing[rank] = keys
+    if not differing:
+        return None
+    first = min(differing, key=lambda rank: (_section_rank(differing[rank]), rank))
+    return first, tuple(sorted(differing)), differing[first]
 
 
 class _Session:
@@ -388,10 +502,11 @@ class _Session:
                 ours = base.entries[skip + entry]
                 for other in others:
                     theirs = other.entries[entry]
-                    keys = _compare(ours, theirs, same_step=skip == 0)
-                    self._count(base, other, ours, theirs, keys)
-                    if keys is not None and first is None:
-                        first = self._divergence(base, other, skip + entry, keys)
+                    found = _compare_entries(ours, theirs, same_step=skip == 0)
+                    self._count(base, other, ours, theirs, None if found is None else found[2])
+                    if found is not None and first is None:
+                        first = self._divergence(base, other, skip + entry, found[2])
+                        first = replace(first, rank=found[0], ranks=found[1])
                 compared = entry + 1
                 if first is not None and stop_early:
                     return compared, first, None
@@ -476,6 +591,22 @@ def _trace(session: _Session, divergence: Divergence) -> loc.Localization | None
         return loc.localize(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
     except RecordError:
         return None
+
+
+def _replica_notes(session: _Session) -> list[str]:
+    """One line per run whose replica check found a rank drifting from rank 0."""
+    notes = []
+    for run in session.runs:
+        drift = run.tail.replica_drift()
+        if drift and run.name != "replay":
+            step, replicas = drift[0]
+            rank, name = replicas["drifting"][0]
+            more = len(replicas["drifting"]) - 1
+            notes.append(
+                f"replicas: in {run.name} {run.outcome.index} after step {step}, rank {rank}'s "
+                f"{name} differs from rank 0's" + (f" (+{more} more)" if more else "")
+            )
+    return notes
 
 
 def _causes(
@@ -606,6 +737,7 @@ def check(
         root = resolve_seed(seed)
         base = child_environment(root, deterministic, {**os.environ, **(env or {})})
         base["TORCHREPRO_RECORD_WITH"] = "grads,batch,rng"
+        base.setdefault(REPLICA_EVERY_ENV, "1")
         if no_seed:
             base[NO_SEED_ENV] = "1"
             for name in ("PYTHONHASHSEED", "TORCHREPRO_SEED"):
@@ -620,18 +752,21 @@ def check(
                 _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
             else:
                 _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
-            if (
-                report.divergence is not None
-                and localize
-                and report.divergence.keys
-                and report.divergence.section not in ("batch", "rng")
-            ):
-                report.localization = _trace(session, report.divergence)
+            d = report.divergence
+            if d is not None and localize and d.keys and d.section not in ("batch", "rng"):
+                if d.rank is None:
+                    report.localization = _trace(session, d)
+                else:
+                    report.notes.append(
+                        "first differing module: not localized (the op replay traces one "
+                        "process; multi-rank runs are compared by their records only)"
+                    )
         except _Timeout:
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
         finally:
             session.close()
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
+        report.notes += _replica_notes(session)
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
         if len(headers) >= 2:
             report.environment = list(environment_differences(headers[0]["env"], headers[1]["env"]))

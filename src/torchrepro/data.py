@@ -21,9 +21,12 @@ are *tracked*: :func:`torchrepro.state_dict` records their positions and
 :func:`torchrepro.load_state_dict` makes their next ``iter()`` start where the saved run
 stood, by slicing the index list: the skipped batches are never loaded. Each tracked
 loader's generator is also reseeded per epoch from ``derive_seed(seed, "loader", rank, n,
-e)``, so worker seeds depend on the epoch only. Loaders with a sampler of the user's
-(``DistributedSampler`` included) and loaders over an ``IterableDataset`` are seeded but
-not tracked: their position is the user's to save.
+e)``, so worker seeds depend on the epoch only. A loader over a ``DistributedSampler``
+(and no generator or batch sampler of the user's) is tracked too: its epoch is the one the
+user gave ``set_epoch``, its order stays the sampler's, and a resume skips the batches
+already seen by slicing the sampler's index list. Loaders with another sampler of the
+user's and loaders over an ``IterableDataset`` are seeded but not tracked: their position
+is the user's to save.
 
 Per-sample randomness. The tracked sampler yields :class:`SampleIndex` values, ints that
 also carry their epoch's stream. Inside ``__getitem__``, ``with sample_rng(index):`` (or
@@ -49,7 +52,9 @@ from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data.distributed import DistributedSampler
 
+from torchrepro import distributed
 from torchrepro._derive import SeedLike, derive_seed, normalize_seed
 from torchrepro._sources import (
     available_sources,
@@ -67,10 +72,7 @@ WorkerInitFn = Callable[[int], None]
 
 def current_rank() -> int:
     """This process's global rank: from torch.distributed when initialised, else ``RANK``."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        return int(distributed.get_rank())
-    return int(os.environ.get("RANK", "0"))
+    return distributed.rank()
 
 
 def root_seed_from_env() -> int:
@@ -307,6 +309,56 @@ class ResumableSampler(Sampler[int]):
         return len(self.data_source)
 
 
+class ResumableDistributedSampler(Sampler[int]):
+    """A user's ``DistributedSampler`` that can start late; installed for tracked loaders.
+
+    The order is the wrapped sampler's (its seed and the epoch given to ``set_epoch``);
+    starting at batch ``b`` slices that order at ``b * batch_size``, so no skipped sample
+    is loaded. ``set_epoch`` and other attributes reach the wrapped sampler.
+
+    Args:
+        sampler: The ``DistributedSampler`` the user passed to the DataLoader.
+        batch_size: Samples per batch, to convert a batch position into a sample offset.
+
+    Example:
+        >>> inner = DistributedSampler(range(10), num_replicas=2, rank=0, seed=5)
+        >>> sampler = ResumableDistributedSampler(inner, batch_size=2)
+        >>> sampler.set_position(epoch=0, batch=1)
+        >>> len(list(sampler))
+        3
+    """
+
+    def __init__(self, sampler: DistributedSampler[Any], *, batch_size: int = 1) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.batch = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the wrapped sampler was last given with ``set_epoch``."""
+        return int(self.sampler.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passes ``epoch`` to the wrapped sampler, as ``DistributedSampler.set_epoch``."""
+        self.sampler.set_epoch(epoch)
+
+    def set_position(self, epoch: int, batch: int = 0) -> None:
+        """Makes the next iteration start at batch ``batch`` (the epoch is the sampler's)."""
+        self.batch = batch
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.batch * self.batch_size, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this wrapper lacks (num_replicas, rank, seed, shuffle...).
+        if name == "sampler":
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
 @dataclass
 class _Position:
     epoch: int
@@ -321,7 +373,7 @@ class _Track:
     index: int
     root: int
     rank: int
-    sampler: ResumableSampler
+    sampler: ResumableSampler | ResumableDistributedSampler
     generator: torch.Generator | None
     following: _Position = field(default_factory=lambda: _Position(0, 0))
     current: _Position | None = None
@@ -335,6 +387,16 @@ class _Track:
 
     def begin(self) -> _Position:
         position = _Position(self.following.epoch, self.following.batch)
+        if isinstance(self.sampler, ResumableDistributedSampler):
+            # The epoch is the user's (set_epoch); a saved position applies to that epoch only.
+            epoch = self.sampler.epoch
+            if position.batch and position.epoch != epoch:
+                raise StateError(
+                    f"DataLoader #{self.index} was restored to epoch {position.epoch}, batch "
+                    f"{position.batch}, but its DistributedSampler is at epoch {epoch}. Call "
+                    f"sampler.set_epoch({position.epoch}) before iterating, as the saved run did."
+                )
+            position = _Position(epoch, position.batch if position.epoch == epoch else 0)
         self.following = _Position(position.epoch + 1, 0)
         self.current = position
         self.sampler.set_position(position.epoch, position.batch)
@@ -426,7 +488,6 @@ def _trackable(arguments: dict[str, Any]) -> bool:
     dataset = arguments.get("dataset")
     return (
         arguments.get("generator") is None
-        and arguments.get("sampler") is None
         and arguments.get("batch_sampler") is None
         and not isinstance(dataset, IterableDataset)
         and hasattr(dataset, "__len__")
@@ -443,8 +504,11 @@ def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
     arguments = bound.arguments
     index = config.created
     track = None
-    if _trackable(arguments):
-        batch_size = arguments.get("batch_size", 1)
+    user_sampler = arguments.get("sampler")
+    batch_size = arguments.get("batch_size", 1)
+    if isinstance(user_sampler, DistributedSampler) and _trackable(arguments):
+        arguments["sampler"] = ResumableDistributedSampler(user_sampler, batch_size=batch_size or 1)
+    elif user_sampler is None and _trackable(arguments):
         sampler = ResumableSampler(
             arguments["dataset"],
             shuffle=bool(arguments.pop("shuffle", False)),
@@ -458,7 +522,7 @@ def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
             torch.Generator(), derive_seed(config.root, "loader", config.rank, index)
         )
         arguments["generator"] = generator
-        if "sampler" in arguments and isinstance(arguments["sampler"], ResumableSampler):
+        if isinstance(arguments.get("sampler"), ResumableSampler | ResumableDistributedSampler):
             track = _Track(index, config.root, config.rank, arguments["sampler"], generator)
     arguments["worker_init_fn"] = _WorkerSeeder(
         config.root, config.rank, arguments.get("worker_init_fn")

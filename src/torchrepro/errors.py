@@ -29,3 +29,7 @@ class ReplacementError(TorchReproError, ValueError):
 
 class FingerprintError(TorchReproError, TypeError):
     """A value that cannot be digested, or a digest algorithm that does not fit the data."""
+
+
+class DistributedError(TorchReproError, ValueError):
+    """A distributed setting that cannot be applied (a bad replica-check interval)."""

@@ -13,7 +13,10 @@ File format (schema version 1), JSON lines, append-only:
   "world_size": 1, "options": {...}, "env": {...environment manifest...}}``
 * then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
   "params": {"conv.weight": "<32 hex>", ...}, "grads": {...}, "batch": [...], "rng": {...},
-  "log": {"loss": 0.69}}`` (the optional keys only when switched on or used).
+  "log": {"loss": 0.69}}`` (the optional keys only when switched on or used), and
+  under DDP, at the steps where the replicas were compared, ``"replicas": {"step": 0,
+  "checked": 4, "drifting": [[1, "fc.weight"]]}`` (ranks whose parameter differs from
+  rank 0's; see :mod:`torchrepro.distributed`).
 
 Each line is written and flushed as the step ends, so a crash loses at most the step in
 flight; ``read_record`` reads a record cut mid-line back to its last complete entry.
@@ -43,6 +46,7 @@ from torch.nn.modules.module import (
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
+from torchrepro import distributed
 from torchrepro.env import environment
 from torchrepro.errors import RecordError
 from torchrepro.fingerprint import _digest_tensors, _PendingDigests, fingerprint
@@ -228,6 +232,9 @@ class Recorder:
         }
         if self.rng:
             entry["rng"] = _rng_digests()
+        replicas = distributed.replica_verdict(optimizer)
+        if replicas is not None:
+            entry["replicas"] = replicas
         info.steps += 1
         pending = _PendingEntry(entry, digests, labels, self._logs, self._batches)
         self._logs, self._batches = {}, []

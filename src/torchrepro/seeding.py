@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from torchrepro import data, determinism
+from torchrepro import data, determinism, distributed
 from torchrepro._derive import SeedLike, derive_seed, normalize_seed
 from torchrepro._sources import capture_all, restore_all, seed_all, seed_generator
 
@@ -30,11 +30,25 @@ def _say_once(key: str, message: str, *args: object) -> None:
 
 
 def resolve_seed(seed: SeedLike | None) -> int:
-    """The root seed for ``seed``: itself, else ``TORCHREPRO_SEED``, else a fresh one (logged)."""
+    """The root seed for ``seed``: itself, else ``TORCHREPRO_SEED``, else a fresh one (logged).
+
+    Among several ranks a fresh seed is drawn on rank 0 and broadcast; before the process
+    group exists that is impossible, and :class:`SeedError` says what to do instead.
+
+    Example:
+        >>> resolve_seed("experiment-1") == resolve_seed("experiment-1")
+        True
+    """
     if seed is not None:
         return normalize_seed(seed)
     if os.environ.get(SEED_ENV) is not None:
         return data.root_seed_from_env()
+    if distributed.is_distributed():
+        return distributed.broadcast_seed(_fresh_seed)
+    return _fresh_seed()
+
+
+def _fresh_seed() -> int:
     fresh = secrets.randbelow(2**32)
     log.warning(
         "torchrepro: no seed given; using seed %d. Repeat this run with "
@@ -65,9 +79,14 @@ def seed_everything(
     derived from ``seed``. ``TORCHREPRO_SEED`` and ``PYTHONHASHSEED`` are
     exported for child processes (spawned workers, torchrun ranks, subprocesses).
 
+    Under torchrun every rank is seeded identically (a model built next is the same on
+    every rank); the first ``DistributedDataParallel`` wrap then gives each rank its own
+    streams for dropout and augmentation (:mod:`torchrepro.distributed`).
+
     Args:
         seed: An int in [0, 2**64) or a str (hashed stably). ``None`` reuses
-            ``TORCHREPRO_SEED`` if set, else draws a fresh seed and logs it once.
+            ``TORCHREPRO_SEED`` if set, else draws a fresh seed and logs it once (among
+            several ranks: rank 0's, broadcast through the initialised process group).
         deterministic: ``None`` sets cuDNN deterministic on and benchmark off (the common
             recipe); ``True`` also turns on deterministic algorithms and the other
             switches of :func:`torchrepro.enable_determinism`; ``"warn"`` the same in
@@ -79,7 +98,8 @@ def seed_everything(
         The root seed used, an int.
 
     Raises:
-        SeedError: ``seed`` is not an int in [0, 2**64) or a str.
+        SeedError: ``seed`` is not an int in [0, 2**64) or a str; or no seed is given
+            among several ranks before the process group is initialised.
         DeterminismError: ``deterministic`` is not one of the values above.
 
     Example:
@@ -106,7 +126,14 @@ def seed_everything(
     elif mode is not False:
         determinism.enable_determinism(mode)
     data.configure_loaders(root if workers else None)
-    log.info("torchrepro: seeded everything with %d (deterministic=%s)", root, deterministic)
+    distributed.configure(root)
+    log.info(
+        "torchrepro: seeded everything with %d on rank %d of %d (deterministic=%s)",
+        root,
+        distributed.rank(),
+        distributed.world_size(),
+        deterministic,
+    )
     return root
 
 
@@ -155,6 +182,7 @@ def isolate_rng() -> Iterator[None]:
     states = capture_all()
     flags = determinism.snapshot()
     loaders = data.loader_config()
+    ranks = distributed.config()
     root = _root
     try:
         yield
@@ -162,4 +190,5 @@ def isolate_rng() -> Iterator[None]:
         restore_all(states)
         determinism.restore(flags)
         data.set_loader_config(loaders)
+        distributed.set_config(ranks)
         _root = root

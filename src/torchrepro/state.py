@@ -28,13 +28,13 @@ import logging
 import pickle
 import warnings
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchrepro import _sources, data, seeding
+from torchrepro import _sources, data, distributed, seeding
 from torchrepro._files import PathLike, atomic_write_bytes
 from torchrepro._sources import Plain, RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
@@ -351,9 +351,10 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
 def state_dict() -> dict[str, Any]:
     """Everything torchrepro tracks, for the user's checkpoint next to model and optimizer.
 
-    Holds the root seed, every RNG state (registered generators included) and the
-    position of every tracked DataLoader (see :mod:`torchrepro.data`), as plain data
-    with a schema version and checksum.
+    Holds the root seed, every RNG state (registered generators included), the
+    position of every tracked DataLoader (see :mod:`torchrepro.data`) and the rank layout
+    (this rank, the world size, whether its streams were split), as plain data with a
+    schema version and checksum. Under torchrun each rank saves its own.
 
     Raises:
         SeedError: No root seed was set (call ``seed_everything`` first).
@@ -367,8 +368,51 @@ def state_dict() -> dict[str, Any]:
         "seed": seeding.root_seed(),
         "rng": capture_rng().state_dict(),
         "loaders": [asdict(position) for position in data.loader_positions()],
+        "distributed": {
+            "rank": distributed.rank(),
+            "world_size": distributed.world_size(),
+            "streams_split": int(distributed.streams_split()),
+        },
     }
     return _seal(body)
+
+
+def _layout(value: object) -> tuple[int, int, bool]:
+    """(rank, world size, streams split) of a saved state; states before torchrun: (0, 1, no)."""
+    if value is None:
+        return 0, 1, False
+    keys = ["rank", "streams_split", "world_size"]
+    if (
+        not isinstance(value, Mapping)
+        or sorted(value) != keys
+        or not all(isinstance(value[key], int) and value[key] >= 0 for key in keys)
+        or value["rank"] >= value["world_size"]
+        or value["streams_split"] > 1
+    ):
+        raise StateError(
+            f"{STATE_FORMAT} state: expected 'distributed' to hold non-negative ints {keys} "
+            f"with rank < world_size; got {value!r}. The state was not written by torchrepro."
+        )
+    return int(value["rank"]), int(value["world_size"]), bool(value["streams_split"])
+
+
+def _check_layout(saved_rank: int, saved_world: int) -> None:
+    here_rank, here_world = distributed.rank(), distributed.world_size()
+    if saved_world != here_world:
+        raise StateError(
+            f"the checkpoint holds rank {saved_rank}'s state of a {saved_world}-process run; "
+            f"this process is rank {here_rank} of {here_world}. Per-rank random streams and "
+            "data positions belong to the world size they were saved under, so the training "
+            f"would not continue as saved. Relaunch with --nproc-per-node {saved_world}, or "
+            "pass reshard=True to load it anyway (see README, 'Distributed training')."
+        )
+    if saved_rank != here_rank:
+        raise StateError(
+            f"the checkpoint holds rank {saved_rank}'s state; this process is rank "
+            f"{here_rank}. Loading one rank's state on another gives both the same random "
+            "streams. Save torchrepro.state_dict() on every rank (e.g. to "
+            f"ckpt.rank{{rank}}.pt) and load each rank's own file, or pass reshard=True."
+        )
 
 
 _POSITION_FIELDS = [field.name for field in fields(data.LoaderPosition)]
@@ -392,21 +436,29 @@ def _positions(value: object) -> list[data.LoaderPosition]:
     return positions
 
 
-def load_state_dict(state: Mapping[str, Any], *, skip: Collection[str] = ()) -> None:
+def load_state_dict(
+    state: Mapping[str, Any], *, skip: Collection[str] = (), reshard: bool = False
+) -> None:
     """Puts back what :func:`state_dict` saved: RNG states and loader positions.
 
     Call it after ``seed_everything`` (same seed) and after creating the loaders, before
     iterating them: each tracked loader's next ``iter()`` then starts at its saved epoch
     and batch, without loading the skipped batches. Everything is checked before anything
-    is applied.
+    is applied. Under torchrun each rank loads the state it saved; whether its streams
+    were split is restored too, so a DDP wrap after the load does not reseed them.
 
     Args:
         state: The value :func:`state_dict` returned, as loaded from a checkpoint.
         skip: RNG source names to leave alone (see :func:`restore_rng`).
+        reshard: Accept a state saved under another world size or by another rank. The
+            RNG states are restored as saved and each loader restarts its saved epoch at
+            batch 0 (a batch position does not map onto another split of the data). The
+            training goes on, but no longer as the saved run would have.
 
     Raises:
         StateError: The state is damaged, of another version, saved under another seed,
-            or does not fit this process's generators or loaders; nothing was changed.
+            by another rank or world size (without ``reshard``), or does not fit this
+            process's generators or loaders; nothing was changed.
 
     Example:
         >>> torchrepro.load_state_dict(load_checkpoint("ckpt.pt")["torchrepro"])
@@ -422,10 +474,16 @@ def load_state_dict(state: Mapping[str, Any], *, skip: Collection[str] = ()) -> 
         )
     rng = RNGState.from_state_dict(opened.get("rng"))  # type: ignore[arg-type]
     positions = _positions(opened.get("loaders"))
+    saved_rank, saved_world, split = _layout(opened.get("distributed"))
+    if reshard:
+        positions = [replace(position, batch=0) for position in positions]
+    else:
+        _check_layout(saved_rank, saved_world)
     plan = _plan(rng, skip)
     data.check_positions(positions)
     _apply(plan)
     data.apply_positions(positions)
+    distributed.mark_split(split)
 
 
 # ---------------------------------------------------------------- whole checkpoints

@@ -1,0 +1,105 @@
+"""A DDP training under torchrun (gloo) that reports what each rank drew, for the tests.
+
+Writes OUT/rank<r>.json: the digest of the initial parameters (before the DDP wrap), the
+augmentation drawn in the main process and in a DataLoader worker, the dropout masks, the
+DistributedSampler's seed and order, and the final parameters' digest.
+
+SEED: the seed for seed_everything ("none": no seed; "skip": no seed_everything call).
+PLANT_NOISE_RANK / PLANT_NOISE_STEP: that rank adds os.urandom noise to its batch at that
+step (an unseeded augmentation). PLANT_DRIFT_RANK / PLANT_DRIFT_STEP: that rank edits a
+parameter in place after that step, outside DDP's all-reduce. INIT_FIRST=1: initialise the
+process group before seed_everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+import torchrepro
+
+STEPS = 6
+NOISE_RANK = int(os.environ.get("PLANT_NOISE_RANK", "-1"))
+NOISE_STEP = int(os.environ.get("PLANT_NOISE_STEP", "-1"))
+DRIFT_RANK = int(os.environ.get("PLANT_DRIFT_RANK", "-1"))
+DRIFT_STEP = int(os.environ.get("PLANT_DRIFT_STEP", "-1"))
+
+
+class Draws(Dataset[torch.Tensor]):
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(4) + float(np.random.rand())
+
+
+def digest(model: nn.Module) -> str:
+    hasher = hashlib.sha256()
+    for parameter in model.parameters():
+        hasher.update(parameter.detach().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def main() -> None:
+    seed = os.environ.get("SEED", "7")
+    if os.environ.get("INIT_FIRST") == "1":
+        dist.init_process_group("gloo")
+    root = None
+    if seed != "skip":
+        root = torchrepro.seed_everything(None if seed == "none" else int(seed))
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    model = nn.Sequential(nn.Linear(4, 32), nn.Dropout(0.5), nn.Linear(32, 1))
+    initial = digest(model)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    sampler = DistributedSampler(Draws())
+    loader = DataLoader(sampler.dataset, batch_size=4, sampler=sampler)
+    worker_loader = DataLoader(Draws(), batch_size=4, num_workers=1)
+    masks, batches = [], []
+    for step, batch in enumerate(loader):
+        if step == STEPS:
+            break
+        if rank == NOISE_RANK and step == NOISE_STEP:
+            noise = torch.frombuffer(bytearray(os.urandom(4 * batch.numel())), dtype=torch.int32)
+            batch = batch + noise.reshape(batch.shape).float() * 1e-12
+        batches.append(batch.tolist())
+        hidden = model[0](batch)
+        masks.append((model[1](torch.ones_like(hidden)) == 0).tolist())
+        loss = ddp(batch).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if rank == DRIFT_RANK and step == DRIFT_STEP:
+            with torch.no_grad():
+                model[2].bias.add_(1.0)
+    report = {
+        "rank": rank,
+        "root": root,
+        "initial": initial,
+        "final": digest(model),
+        "augmentation": batches,
+        "dropout": masks,
+        "worker_augmentation": next(iter(worker_loader)).tolist(),
+        "sampler_seed": sampler.seed,
+        "order": list(sampler),
+    }
+    out = Path(os.environ["OUT"])
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
