@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from torchrepro._derive import derive_seed
+from torchrepro.check import CheckReport, check_reproducible
 from torchrepro.compare import RecordDiff, diff_records
 from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
 from torchrepro.determinism import (
@@ -27,6 +28,7 @@ from torchrepro.detops import (
 from torchrepro.distributed import split_streams, verify_replicas
 from torchrepro.env import environment
 from torchrepro.errors import (
+    CheckError,
     DeterminismError,
     DistributedError,
     FingerprintError,
@@ -61,6 +63,8 @@ from torchrepro.state import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckError",
+    "CheckReport",
     "CostReport",
     "DeterminismError",
     "DeterminismStatus",
@@ -77,6 +81,7 @@ __all__ = [
     "StateError",
     "TorchReproError",
     "capture_rng",
+    "check_reproducible",
     "derive_seed",
     "determinism_cost",
     "determinism_status",

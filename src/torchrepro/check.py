@@ -30,7 +30,7 @@ from torchrepro import localize as loc
 from torchrepro._derive import SeedLike
 from torchrepro.compare import EnvDifference, entry_values, environment_differences
 from torchrepro.distributed import REPLICA_EVERY_ENV
-from torchrepro.errors import RecordError, TorchReproError
+from torchrepro.errors import CheckError, RecordError
 from torchrepro.launch import NO_SEED_ENV, child_environment
 from torchrepro.record import FORMAT
 from torchrepro.seeding import resolve_seed
@@ -51,10 +51,6 @@ _SECTION_WORDS = {
     "grads": "gradients",
     "params": "parameters",
 }
-
-
-class CheckError(TorchReproError):
-    """``check`` could not be carried out as asked."""
 
 
 @dataclass

@@ -33,3 +33,7 @@ class FingerprintError(TorchReproError, TypeError):
 
 class DistributedError(TorchReproError, ValueError):
     """A distributed setting that cannot be applied (a bad replica-check interval)."""
+
+
+class CheckError(TorchReproError, ValueError):
+    """``torchrepro check`` could not be carried out as asked (bad arguments, no command)."""
