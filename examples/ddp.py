@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +63,30 @@ def digest(model: nn.Module) -> str:
     return hasher.hexdigest()
 
 
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     # The defaults follow `torchrepro check` (each run its own folder) and its
     # `--resume-at K` protocol (see examples/resume.py).
     env = os.environ
-    default_dir = (
-        env.get("TORCHREPRO_CHECKPOINT_DIR") or f"runs/ddp/run{env.get('TORCHREPRO_RUN', 0)}"
-    )
-    parser.add_argument("--workdir", type=Path, default=Path(default_dir))
+    default_dir = env.get("TORCHREPRO_CHECKPOINT_DIR")
+    parser.add_argument("--workdir", type=Path, default=default_dir)
     parser.add_argument("--stop-at", type=int, default=env.get("TORCHREPRO_STOP_AT"))
     parser.add_argument(
         "--resume", action="store_true", default=env.get("TORCHREPRO_RESUME") == "1"
     )
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
+    if args.workdir is None:
+        args.workdir = Path(tempfile.mkdtemp(prefix="torchrepro-ddp-"))
+    if "RANK" not in env:  # started without torchrun: one rank, on this machine
+        print("no RANK in the environment: running 1 rank; use torchrun for more")
+        env.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
