@@ -128,6 +128,7 @@ class CheckReport:
     message: str = ""
     series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     resume_at: int | None = None
+    threads: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -153,6 +154,7 @@ class CheckReport:
             "message": self.message,
             "series": self.series,
             "resume_at": self.resume_at,
+            "threads": self.threads,
             "notes": self.notes,
         }
 
@@ -203,6 +205,8 @@ class CheckReport:
             if self.localization is not None:
                 lines.append(f"  first differing module: {self.localization.describe()}")
         lines += [f"  {note}" for note in self.notes]
+        if self.threads is not None:
+            lines.append(f"  threads: OMP_NUM_THREADS={self.threads} in every run")
         if self.environment:
             lines.append(f"  environment: {len(self.environment)} difference(s)")
             lines += [f"    {e.key}: {e.a} vs {e.b} ({e.note})" for e in self.environment]
@@ -740,9 +744,16 @@ def check(
                 base.pop(name, None)
                 if name in os.environ:
                     base[name] = os.environ[name]
+        side_by_side = lockstep or resume_at is not None
+        if side_by_side and "OMP_NUM_THREADS" not in base:
+            # Runs side by side share the cores: without a limit each would start one
+            # thread per core and they would thrash. Every run gets the same count, so the
+            # comparison stays fair; the manifest records it.
+            base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // runs))
         session = _Session(command, folder, base, timeout, progress)
         report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
         report.resume_at = resume_at
+        report.threads = base.get("OMP_NUM_THREADS")
         try:
             if resume_at is not None:
                 _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
