@@ -6,12 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import torchrepro
+
+# torch.use_deterministic_algorithms imports torch._inductor on first use. Import it once
+# here, outside any test: an import that fails half-way inside a test (a warning turned
+# into an error) leaves torch's op registry half-filled and breaks every later import.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import torch._inductor.config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
