@@ -123,7 +123,8 @@ def test_plot_draws_every_step_after_the_divergence(
     assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_interrupting_check_leaves_no_run_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_check_leaves_no_run_behind(tmp_path: Path, sig: signal.Signals) -> None:
     piddir = tmp_path / "pids"
     piddir.mkdir()
     process = subprocess.Popen(
@@ -137,7 +138,7 @@ def test_interrupting_check_leaves_no_run_behind(tmp_path: Path) -> None:
     while len(list(piddir.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "every run was stopped" in err

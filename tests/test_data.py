@@ -92,14 +92,22 @@ def test_seed_worker_fixes_the_recipe_with_the_same_signature() -> None:
     assert len(set(values)) == 96
 
 
-def test_worker_init_fn_reads_the_seed_seed_everything_exported() -> None:
-    seed_everything(11, workers=False)
-    loader = DataLoader(
-        Draws(), batch_size=1, num_workers=2, worker_init_fn=torchrepro.worker_init_fn
-    )
-    first = [batch.flatten().tolist() for batch in loader]
-    again = [batch.flatten().tolist() for batch in loader]
-    assert len({value for row in first + again for value in row}) == 48
+def test_worker_init_fn_reads_the_seed_seed_everything_exported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def worker_draws(exported: str) -> list[float]:
+        seed_everything(11, workers=False)
+        monkeypatch.setenv("TORCHREPRO_SEED", exported)
+        torch.manual_seed(0)  # the same per-epoch base seed for the loader every time
+        loader = DataLoader(
+            Draws(), batch_size=1, num_workers=2, worker_init_fn=torchrepro.worker_init_fn
+        )
+        return [value for batch in loader for value in batch.flatten().tolist()]
+
+    first = worker_draws("11")
+    assert len(set(first)) == 24
+    assert worker_draws("11") == first
+    assert not set(worker_draws("12")) & set(first)  # only the exported seed changed
 
 
 def training_order(num_workers: int, disturb: bool) -> list[int]:

@@ -461,3 +461,31 @@ def test_field_model_repeats_bitwise_on_cuda_under_torchrepro_mode() -> None:
     by_name = {s.name: s for s in report.settings}
     assert by_name["torchrepro"].error is None
     assert by_name["torchrepro"].repeatable
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_weighted_nll_loss_leaves_out_targets_equal_to_ignore_index(reduction: str) -> None:
+    logits = torch.randn(6, 4, 3, 3, dtype=torch.float64).log_softmax(1)
+    target = torch.randint(0, 4, (6, 3, 3))
+    weight = torch.rand(4, dtype=torch.float64) + 0.5
+    ours = detops.nll_loss(logits, target, weight, ignore_index=0, reduction=reduction)
+    theirs = F.nll_loss(logits, target, weight, ignore_index=0, reduction=reduction)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_replacements_first_used_in_inference_mode_still_train() -> None:
+    x = torch.randn(2, 3, 10, 10)
+    with torch.inference_mode():
+        detops.adaptive_avg_pool2d(x, 3)  # builds and caches the pooling matrices
+    grad_input = x.clone().requires_grad_()
+    detops.adaptive_avg_pool2d(grad_input, 3).sum().backward()
+    assert grad_input.grad is not None
+
+
+def test_isolation_restores_whether_the_patch_was_forced() -> None:
+    from torchrepro import isolate_rng
+
+    detops.patch_nondeterministic_ops()
+    with isolate_rng():
+        detops.patch_nondeterministic_ops(force=True)
+    assert not detops.forced()

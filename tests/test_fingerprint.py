@@ -214,3 +214,8 @@ def test_unsupported_inputs_raise_with_a_fix() -> None:
         fingerprint(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # also a TypeError, as callers expect
         fingerprint({"a": object()})
+
+
+def test_empty_mappings_stay_visible_in_a_digest() -> None:
+    assert fingerprint({"a": {}}) != fingerprint({})
+    assert fingerprint({"a": {}}) != fingerprint({"b": {}})

@@ -181,6 +181,20 @@ def test_seed_everything_exports_the_seed_for_child_processes() -> None:
     assert os.environ["PYTHONHASHSEED"].isdigit()
 
 
+def test_the_exported_hash_seed_follows_the_latest_seed_but_keeps_a_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torchrepro.seeding import hash_seed_for
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    seed_everything(1)
+    seed_everything(2)
+    assert os.environ["PYTHONHASHSEED"] == str(hash_seed_for(2))
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    seed_everything(3)
+    assert os.environ["PYTHONHASHSEED"] == "0"
+
+
 def test_no_seed_reuses_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHREPRO_SEED", "77")
     assert seed_everything() == 77

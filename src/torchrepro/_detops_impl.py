@@ -56,7 +56,10 @@ def _matrix(
         "cubic": maps.cubic_matrix,
         "upper": lambda n: torch.ones(n, n, dtype=torch.float64).triu(),
     }
-    return builders[kind](*args).to(device=device, dtype=dtype)
+    # Outside inference mode even when first asked for inside it: a cached inference
+    # tensor could never be saved for a later backward pass.
+    with torch.inference_mode(False):
+        return builders[kind](*args).to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=512)
@@ -67,7 +70,8 @@ def _index(kind: str, args: tuple[Any, ...], device: torch.device) -> torch.Tens
         "replicate": maps.replicate_index,
         "circular": maps.circular_index,
     }
-    return builders[kind](*args).to(device)
+    with torch.inference_mode(False):  # as in _matrix
+        return builders[kind](*args).to(device)
 
 
 def _apply_axis(x: torch.Tensor, axis: int, m: torch.Tensor) -> torch.Tensor:
@@ -424,7 +428,7 @@ def nll_loss(
     if weight is None:
         w = valid.to(input.dtype)
     else:
-        w = torch.where(mask, weight.to(input.dtype).view(shape), 0).sum(1)
+        w = torch.where(mask, weight.to(input.dtype).view(shape), 0).sum(1) * valid
     loss = -(w * picked)
     if how == "none":
         return loss

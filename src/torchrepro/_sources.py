@@ -337,8 +337,11 @@ def seed_generator(generator: torch.Generator, seed: int) -> torch.Generator:
 
 
 def _seed_torch(seed: int) -> None:
-    """Seeds torch on every device; the CPU generator from all 64 bits (see above)."""
-    torch.manual_seed(seed)
+    """Seeds torch's CPU generator from all 64 bits (see above).
+
+    Not ``torch.manual_seed``, which also reseeds every device: the device entries of the
+    table seed those, and a host-only reseed (``sample_rng``) must leave them alone.
+    """
     seed_generator(torch.default_generator, seed)
 
 
@@ -449,7 +452,7 @@ def _torch_generator_source(name: str, gen: torch.Generator) -> RNGSource:
         return {"kind": kind, "device": device, "state": state.clone()}
 
     def seed(value: int) -> None:
-        gen.manual_seed(value)
+        seed_generator(gen, value)
 
     def set_state(state: torch.Tensor) -> None:
         gen.set_state(state)

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -566,6 +567,23 @@ class _Timeout(Exception):
     pass
 
 
+def _stop_on_signals() -> Callable[[], None]:
+    """Turns SIGTERM and SIGHUP into KeyboardInterrupt; returns what puts them back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may set handlers
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
 def _trace(session: _Session, divergence: Divergence) -> loc.Localization | None:
     """Replays the two diverging runs up to the divergent entry with the op tracer on."""
     traces = []
@@ -754,6 +772,9 @@ def check(
         report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
         report.resume_at = resume_at
         report.threads = base.get("OMP_NUM_THREADS")
+        # Runs live in sessions of their own (so that stopping one stops its workers and
+        # ranks): a terminal hang-up or a kill of check must still stop them.
+        restore_signals = _stop_on_signals()
         try:
             if resume_at is not None:
                 _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
@@ -761,17 +782,23 @@ def check(
                 _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
             d = report.divergence
             if d is not None and localize and d.keys and d.section not in ("batch", "rng"):
-                if d.rank is None:
-                    report.localization = _trace(session, d)
-                else:
+                if d.rank is not None:
                     report.notes.append(
                         "first differing module: not localized (the op replay traces one "
                         "process; multi-rank runs are compared by their records only)"
                     )
+                elif resume_at is not None and d.entry >= resume_at:
+                    report.notes.append(
+                        "first differing module: not localized (the replay would run "
+                        "uninterrupted; the difference comes with the resume)"
+                    )
+                else:
+                    report.localization = _trace(session, d)
         except _Timeout:
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
         finally:
             session.close()
+            restore_signals()
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
         report.notes += _replica_notes(session)
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
@@ -830,7 +857,10 @@ def _compare_resumed(
     first_leg = session.start(2, {**resumed_env, STOP_AT_ENV: str(resume_at)})
     compared, divergence, crashed = session.watch([full, first_leg], None, resume_at, stop_early)
     if crashed is None and divergence is None:
-        code = first_leg.process.wait()
+        try:
+            code = first_leg.process.wait(session.timeout)
+        except subprocess.TimeoutExpired:
+            raise _Timeout() from None
         first_leg.tail.poll()
         if code != 0:
             crashed = first_leg

@@ -21,7 +21,9 @@ are *tracked*: :func:`torchrepro.state_dict` records their positions and
 :func:`torchrepro.load_state_dict` makes their next ``iter()`` start where the saved run
 stood, by slicing the index list: the skipped batches are never loaded. Each tracked
 loader's generator is also reseeded per epoch from ``derive_seed(seed, "loader", rank, n,
-e)``, so worker seeds depend on the epoch only. A loader over a ``DistributedSampler``
+e)``, so worker seeds depend on the epoch only (except with ``persistent_workers``, whose
+workers are seeded once, when they start: there, and after a mid-epoch resume, only draws
+made under :func:`sample_rng` repeat exactly). A loader over a ``DistributedSampler``
 (and no generator or batch sampler of the user's) is tracked too: its epoch is the one the
 user gave ``set_epoch``, its order stays the sampler's, and a resume skips the batches
 already seen by slicing the sampler's index list. Loaders with another sampler of the
@@ -403,7 +405,7 @@ class _Track:
         if self.generator is not None:
             # The base seed of the epoch's workers is drawn from this generator.
             seed = derive_seed(self.root, "loader", self.rank, self.index, position.epoch)
-            self.generator.manual_seed(seed)
+            seed_generator(self.generator, seed)
         return position
 
     def move_to(self, epoch: int, batch: int) -> None:

@@ -72,9 +72,14 @@ def _set_cudnn_benchmark(value: bool) -> None:
     torch.backends.cudnn.benchmark = value
 
 
-def _set_replacements(value: bool) -> None:
-    if value:
-        detops.patch_nondeterministic_ops()
+def _replacements() -> tuple[bool, bool]:
+    return bool(detops.patched_ops()), detops.forced()
+
+
+def _set_replacements(value: tuple[bool, bool]) -> None:
+    patched, force = value
+    if patched:
+        detops.patch_nondeterministic_ops(force=force)
     else:
         detops.unpatch_nondeterministic_ops()
 
@@ -94,7 +99,7 @@ _FLAGS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
         lambda: torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
         _set_fill,
     ),
-    "replaced_ops": (lambda: bool(detops.patched_ops()), _set_replacements),
+    "replaced_ops": (_replacements, _set_replacements),
 }
 
 

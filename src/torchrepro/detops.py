@@ -407,6 +407,11 @@ def unpatch_nondeterministic_ops() -> list[str]:
         return names
 
 
+def forced() -> bool:
+    """Whether the patch routes every supported call, on any device (``force=True``)."""
+    return _force
+
+
 def patched_ops() -> list[str]:
     """Qualified names of the entry points patched now ([] when not patched).
 

@@ -320,7 +320,8 @@ class _PendingDigests:
                 # Lands in pinned memory; the event says when it has arrived.
                 host = sums.to("cpu", non_blocking=True)
                 event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                event.record()
+                # On the stream of the sums' device, which need not be the current one.
+                event.record(torch.cuda.current_stream(sums.device))
                 self._copies.append((host, event))
             else:
                 self._copies.append((sums.cpu(), None))
@@ -385,6 +386,8 @@ def _flatten(obj: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
     if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
         out.append((prefix, obj))
     elif isinstance(obj, Mapping):
+        # The count keeps empty mappings visible: {"a": {}} must not digest like {}.
+        out.append((prefix, f"<mapping of {len(obj)}>"))
         for key in sorted(obj, key=repr):
             _flatten(obj[key], f"{prefix}[{key!r}]", out)
     elif isinstance(obj, (list, tuple)):

@@ -12,13 +12,13 @@ Interpreters started with ``-S`` or ``-I`` skip ``sitecustomize`` and are not se
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torchrepro import determinism
 from torchrepro._derive import SeedLike, normalize_seed
+from torchrepro.errors import TorchReproError
 from torchrepro.localize import start_trace_from_env
 from torchrepro.record import start_from_env
 from torchrepro.seeding import SEED_ENV, hash_seed_for, seed_everything
@@ -87,11 +87,17 @@ def run_command(
     Ctrl-C reaches the command (same process group); this waits for it to finish.
     """
     env = child_environment(seed, deterministic)
-    process = subprocess.Popen(list(command), env=env)
+    try:
+        process = subprocess.Popen(list(command), env=env)
+    except OSError as error:
+        raise TorchReproError(
+            f"cannot start {command[0]!r}: {error.strerror}; expected an executable command, "
+            "e.g. `torchrepro run -- python train.py`."
+        ) from None
     while True:
         try:
             code = process.wait()
             break
         except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)
+            continue  # the command got the same Ctrl-C from the terminal; let it finish
     return 128 - code if code < 0 else code

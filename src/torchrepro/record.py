@@ -156,8 +156,11 @@ class Recorder:
         rng: bool = False,
         algorithm: str | None = None,
     ) -> None:
-        manifest = environment()
-        self.path = rank_path(path, manifest["world_size"], manifest["rank"])
+        self._requested = Path(path)
+        # Provisional (from torchrun's variables); fixed at the first step, when a process
+        # group started by other means (mp.spawn) is known too.
+        world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        self.path = rank_path(path, world_size, rank)
         self._options = {"grads": grads, "batch": batch, "rng": rng, "algorithm": algorithm}
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
@@ -303,6 +306,8 @@ class Recorder:
         # The header is written at the first step, not at start: the manifest then shows
         # what the script set up before training (thread counts, determinism flags).
         manifest = environment()
+        self.path = rank_path(self._requested, manifest["world_size"], manifest["rank"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # "w": a record describes one run; appending a second run would interleave two.
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._write(

@@ -61,6 +61,21 @@ def _fresh_seed() -> int:
     return fresh
 
 
+_exported_hash_seed: str | None = None
+
+
+def _export_hash_seed(root: int) -> None:
+    """Sets ``PYTHONHASHSEED`` for child processes, unless someone else set it.
+
+    A value set by the user or by ``torchrepro run`` is kept; one this process exported
+    for an earlier root is replaced, so children follow the latest ``seed_everything``.
+    """
+    global _exported_hash_seed
+    if os.environ.get(determinism.HASH_SEED_ENV) in (None, _exported_hash_seed):
+        _exported_hash_seed = str(hash_seed_for(root))
+        os.environ[determinism.HASH_SEED_ENV] = _exported_hash_seed
+
+
 def hash_seed_for(root: int) -> int:
     """The ``PYTHONHASHSEED`` torchrepro uses for a root seed (Python takes [0, 2**32))."""
     return derive_seed(root, "pythonhash") % 2**32
@@ -112,7 +127,7 @@ def seed_everything(
     global _root
     _root = root
     os.environ[SEED_ENV] = str(root)
-    os.environ.setdefault(determinism.HASH_SEED_ENV, str(hash_seed_for(root)))
+    _export_hash_seed(root)
     if determinism.string_hashing_randomized():
         _say_once(
             "hash",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import pickle
 import warnings
@@ -341,8 +342,12 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
     existing = _sources.registered_name(gen)
     if existing is not None and (name is None or existing == _sources.REGISTERED_PREFIX + name):
         return existing
-    chosen = str(len(_sources.registered_names())) if name is None else name
-    return _sources.register(gen, chosen)
+    if name is None:  # the lowest free number: never another generator's name
+        taken = set(_sources.registered_names())
+        name = next(
+            str(n) for n in itertools.count() if _sources.REGISTERED_PREFIX + str(n) not in taken
+        )
+    return _sources.register(gen, name)
 
 
 # ---------------------------------------------------------------- torchrepro.state_dict

@@ -37,4 +37,9 @@ if os.environ.get("TORCHREPRO_BOOTSTRAP") == "1":
         )
         sys.stderr.flush()
         os._exit(3)  # an exception here would only be printed, and the script run unseeded
-    bootstrap()
+    try:
+        bootstrap()
+    except Exception as error:  # noqa: BLE001 - any failure must stop the run, not go unseeded
+        sys.stderr.write(f"torchrepro run: could not set up this process: {error}\n")
+        sys.stderr.flush()
+        os._exit(3)
