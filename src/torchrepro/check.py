@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from torchrepro import localize as loc
 from torchrepro._derive import SeedLike
-from torchrepro.compare import EnvDifference, entry_values, environment_differences
+from torchrepro.compare import EnvDifference, differing_values, environment_differences
 from torchrepro.distributed import REPLICA_EVERY_ENV
 from torchrepro.errors import CheckError, RecordError
 from torchrepro.launch import NO_SEED_ENV, child_environment
@@ -361,10 +361,7 @@ def _compare(
             f"the runs digested with different algorithms ({a.get('algorithm')} vs "
             f"{b.get('algorithm')}); their records cannot be compared."
         )
-    va, vb = entry_values(a), entry_values(b)
-    keys = [*va, *(k for k in vb if k not in va)]
-    differing = tuple(k for k in keys if va.get(k) != vb.get(k))
-    return differing or None
+    return differing_values(a, b) or None
 
 
 _CAUSAL_ORDER = ("steps", "batch", "rng", "log", "grads", "params")

@@ -18,6 +18,7 @@ __all__ = [
     "EnvDifference",
     "RecordDiff",
     "diff_records",
+    "differing_values",
     "entry_values",
     "environment_differences",
 ]
@@ -228,6 +229,13 @@ def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def differing_values(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
+    """The values (``section.name``) that differ between two entries, in causal order."""
+    va, vb = entry_values(a), entry_values(b)
+    keys = [*va, *(k for k in vb if k not in va)]
+    return tuple(k for k in keys if va.get(k) != vb.get(k))
+
+
 def environment_differences(
     env_a: dict[str, Any], env_b: dict[str, Any]
 ) -> tuple[EnvDifference, ...]:
@@ -296,9 +304,8 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
                 optimizer=None,
                 tensors=(),
             )
+        differing = differing_values(ea, eb)
         va, vb = entry_values(ea), entry_values(eb)
-        keys = [*va, *(k for k in vb if k not in va)]
-        differing = tuple(k for k in keys if va.get(k) != vb.get(k))
         if (
             differing
             or ea.get("step") != eb.get("step")
