@@ -133,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                         "torchrepro": torchrepro.state_dict(),
                     }
                     torchrepro.save_checkpoint(checkpoint_file, checkpoint)
+                    dist.barrier()  # no rank leaves while another still talks to it
                     dist.destroy_process_group()
                     return 0
     if rank == 0:
         print(f"{step} steps, parameters {digest(model)}")
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
