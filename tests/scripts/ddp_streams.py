@@ -98,6 +98,7 @@ def main() -> None:
     }
     out = Path(os.environ["OUT"])
     (out / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()
     dist.destroy_process_group()
 
 
