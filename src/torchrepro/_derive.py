@@ -36,7 +36,8 @@ def hash_string(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """A short ``repr`` and the type of ``value``, for error messages."""
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
@@ -46,7 +47,7 @@ def _describe(value: object) -> str:
 def _as_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise SeedError(
-            f"{what} must be an int in [0, 2**64) or a str; got {_describe(value)}. "
+            f"{what} must be an int in [0, 2**64) or a str; got {describe(value)}. "
             "Pass a non-negative int, or a string (it is hashed)."
         )
     number = operator.index(value)

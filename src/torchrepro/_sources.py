@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrepro._derive import derive_seed
+from torchrepro._derive import derive_seed, describe
 from torchrepro.errors import StateError
 
 Plain = dict[str, Any]
@@ -67,8 +67,7 @@ class RNGSource:
 def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {list(value.shape)}"
-    text = repr(value)
-    return f"{text[:57] + '...' if len(text) > 60 else text} ({type(value).__name__})"
+    return describe(value)
 
 
 def _bad(where: str, expected: str, got: object) -> StateError:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +74,6 @@ __all__ = [
     "unpatch_nondeterministic_ops",
 ]
 
-Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
-LossFn = Callable[..., torch.Tensor]
 
 _LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
