@@ -1,10 +1,35 @@
-"""The exception tree: one root, subclasses that also derive from the matching builtin."""
+"""The exception tree and the exit codes: one root, subclasses that also derive from the
+matching builtin, and each class carries the exit status the ``torchrepro`` command gives it.
+
+Exit status of every verb: 0 success, 1 a finding (runs diverged), 2 a usage error,
+3 a run failed, 130 interrupted (Ctrl-C).
+
+Example:
+    >>> SeedError("bad seed").exit_code
+    2
+    >>> isinstance(SeedError("bad seed"), ValueError)
+    True
+"""
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What the ``torchrepro`` command's exit status means (click-style: one place)."""
+
+    OK = 0
+    FINDING = 1
+    USAGE = 2
+    RUN_FAILED = 3
+    INTERRUPTED = 130
 
 
 class TorchReproError(RuntimeError):
     """Root of every error torchrepro raises."""
+
+    exit_code: ExitCode = ExitCode.USAGE
 
 
 class SeedError(TorchReproError, ValueError):
@@ -37,3 +62,9 @@ class DistributedError(TorchReproError, ValueError):
 
 class CheckError(TorchReproError, ValueError):
     """``torchrepro check`` could not be carried out as asked (bad arguments, no command)."""
+
+
+class RunError(TorchReproError):
+    """A command torchrepro started could not start or did not finish (exit status 3)."""
+
+    exit_code = ExitCode.RUN_FAILED
