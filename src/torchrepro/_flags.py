@@ -1,0 +1,42 @@
+"""The vocabulary of determinism settings: one name and one note per setting.
+
+:mod:`torchrepro.determinism` reads and sets each setting under this name, the environment
+manifest records it under this name (``env["determinism"][name]``), and ``diff`` and
+``check`` explain a difference with its note. Nothing here imports torch, so the launching
+process of ``torchrepro check`` can read records with it.
+
+Example:
+    >>> NOTES[STRING_HASHING]
+    'str hashing salted per process: set and dict-of-str order, hence data order, change per run.'
+"""
+
+from __future__ import annotations
+
+CUDNN_DETERMINISTIC = "cudnn_deterministic"
+CUDNN_BENCHMARK = "cudnn_benchmark"
+DETERMINISTIC_ALGORITHMS = "deterministic_algorithms"
+WARN_ONLY = "warn_only"
+FILL_UNINITIALIZED_MEMORY = "fill_uninitialized_memory"
+REPLACED_OPS = "replaced_ops"
+TF32_MATMUL = "tf32_matmul"
+TF32_CUDNN = "tf32_cudnn"
+FLOAT32_MATMUL_PRECISION = "float32_matmul_precision"
+STRING_HASHING = "string_hashing_randomized"
+
+NOTES = {
+    CUDNN_DETERMINISTIC: "cuDNN deterministic: picks different convolution algorithms.",
+    CUDNN_BENCHMARK: "cuDNN benchmark: algorithm chosen by timing, per run.",
+    DETERMINISTIC_ALGORITHMS: "deterministic algorithms on/off: kernels differ.",
+    WARN_ONLY: "warn-only: nondeterministic kernels may still run.",
+    FILL_UNINITIALIZED_MEMORY: "uninitialised memory filled or not: a read of it gives "
+    "different values.",
+    REPLACED_OPS: "torchrepro's deterministic op replacements on/off: other kernels run.",
+    TF32_MATMUL: "TF32 matmul: products rounded to 10-bit mantissas.",
+    TF32_CUDNN: "TF32 convolutions: products rounded to 10-bit mantissas.",
+    FLOAT32_MATMUL_PRECISION: "matmul precision: TF32/bf16 internal rounding.",
+    STRING_HASHING: "str hashing salted per process: set and dict-of-str order, hence data "
+    "order, change per run.",
+}
+"""Why each setting can change a training's result, by name, in manifest order."""
+
+NAMES = tuple(NOTES)
