@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from torchrepro.fingerprint import _digest_tensors
+from torchrepro.digests import _digest_tensors
 from torchrepro.record import record
 
 

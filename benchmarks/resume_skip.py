@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import torchrepro
 from torchrepro import data
+from torchrepro.state import RNGState
 
 SAMPLES = 64_000
 BATCH = 32
@@ -68,7 +69,7 @@ def main() -> None:
     print(f"capture + restore of all RNG state ({sources}): {per * 1e6:.0f} us")
     state = torchrepro.capture_rng().state_dict()
     start = time.perf_counter()
-    torchrepro.RNGState.from_state_dict(state)
+    RNGState.from_state_dict(state)
     print(
         f"checksum verification of a saved RNG state: {(time.perf_counter() - start) * 1e6:.0f} us"
     )

@@ -33,8 +33,8 @@ def _restore_global_state() -> Iterator[None]:
         yield
     os.environ.clear()
     os.environ.update(environ)
-    # torchrepro.record is also the name of the function, so go through sys.modules.
-    active = sys.modules["torchrepro.record"]._active
+    writer = sys.modules.get("torchrepro.record")  # imported by the first recording only
+    active = writer._active if writer is not None else None
     if active is not None:
         active.close()
     assert active is None, "a test left a recording open"

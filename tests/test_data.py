@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import torchrepro
 from torchrepro import seed_everything
+from torchrepro.errors import SeedError
 
 
 class Draws(Dataset[torch.Tensor]):
@@ -167,5 +168,5 @@ def test_workers_false_leaves_loaders_alone() -> None:
 
 def test_seed_worker_without_any_seed_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TORCHREPRO_SEED", raising=False)
-    with pytest.raises(torchrepro.SeedError, match="seed_everything"):
+    with pytest.raises(SeedError, match="seed_everything"):
         torchrepro.seed_worker(0)

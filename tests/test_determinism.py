@@ -8,9 +8,10 @@ import torch
 
 import torchrepro
 from conftest import PYTHON, child_env
-from torchrepro import DeterminismError, determinism_status, deterministic, enable_determinism
 from torchrepro import determinism as det
+from torchrepro import determinism_status, deterministic, enable_determinism
 from torchrepro.cli import main
+from torchrepro.errors import DeterminismError
 
 
 def test_enable_determinism_switches_everything_on_but_the_nan_fill() -> None:

@@ -16,7 +16,9 @@ from torch.utils.data.distributed import DistributedSampler
 import torchrepro
 from conftest import PYTHON, ROOT, SCRIPTS, child_env
 from torchrepro import derive_seed
-from torchrepro.distributed import split_streams, streams_split
+from torchrepro.distributed import split_streams, streams_split, verify_replicas
+from torchrepro.errors import DistributedError, SeedError, StateError
+from torchrepro.records import read_record
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 STREAMS = str(SCRIPTS / "ddp_streams.py")
@@ -104,7 +106,7 @@ def test_check_reports_a_replica_that_drifts_by_rank_and_parameter(tmp_path: Pat
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "after step 2, rank 1's 2.bias differs from rank 0's" in result.stdout
-    record = torchrepro.read_record(workdir / "run1.rank1.jsonl")
+    record = read_record(workdir / "run1.rank1.jsonl")
     entries = record.entries
     assert entries[1]["replicas"] == {"step": 1, "checked": 4, "drifting": []}
     assert entries[2]["replicas"]["drifting"] == [[1, "2.bias"]]
@@ -178,13 +180,13 @@ def test_split_streams_gives_each_rank_its_own_stream_that_repeats(
 
 def test_split_streams_before_seed_everything_is_refused() -> None:
     torchrepro.distributed.configure(None)
-    with pytest.raises(torchrepro.SeedError, match="seed_everything"):
+    with pytest.raises(SeedError, match="seed_everything"):
         split_streams()
 
 
 def test_a_replica_interval_that_is_not_a_non_negative_int_is_refused() -> None:
-    with pytest.raises(torchrepro.DistributedError, match="got -1"):
-        torchrepro.verify_replicas(-1)
+    with pytest.raises(DistributedError, match="got -1"):
+        verify_replicas(-1)
 
 
 def test_a_distributed_sampler_keeps_a_seed_the_user_gave() -> None:
@@ -202,7 +204,7 @@ def test_a_state_saved_under_another_world_size_is_refused_unless_resharded(
     saved = torchrepro.state_dict()
     as_rank(monkeypatch, 1, world=4)
     torchrepro.seed_everything(11)
-    with pytest.raises(torchrepro.StateError, match="2-process run; this process is rank 1 of 4"):
+    with pytest.raises(StateError, match="2-process run; this process is rank 1 of 4"):
         torchrepro.load_state_dict(saved)
     torchrepro.load_state_dict(saved, reshard=True)
 
@@ -212,7 +214,7 @@ def test_a_state_saved_by_another_rank_is_refused(monkeypatch: pytest.MonkeyPatc
     torchrepro.seed_everything(11)
     saved = torchrepro.state_dict()
     as_rank(monkeypatch, 1)
-    with pytest.raises(torchrepro.StateError, match="holds rank 0's state; this process is rank 1"):
+    with pytest.raises(StateError, match="holds rank 0's state; this process is rank 1"):
         torchrepro.load_state_dict(saved)
 
 
@@ -251,7 +253,7 @@ def test_a_loader_over_a_distributed_sampler_resumes_mid_epoch_without_loading_s
     torchrepro.load_state_dict(saved)
     sampler.set_epoch(1)
     assert [batch.tolist() for batch in loader] == rest
-    with pytest.raises(torchrepro.StateError, match=r"set_epoch\(1\)"):
+    with pytest.raises(StateError, match=r"set_epoch\(1\)"):
         torchrepro.load_state_dict(saved)
         sampler.set_epoch(2)
         iter(loader)

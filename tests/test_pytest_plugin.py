@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchrepro.seeding import root_seed
 
 
 def record(name, seed):
@@ -234,7 +235,7 @@ def test_state_a_test_changes_through_torchrepro_does_not_leak_into_the_next(
         def test_sees_none_of_it(torchrepro_seed):
             assert not torch.are_deterministic_algorithms_enabled()
             assert "FLASH_ATTENTION_DETERMINISTIC" not in os.environ
-            assert torchrepro.root_seed() == torchrepro_seed
+            assert root_seed() == torchrepro_seed
         """
     )
     before = torchrepro.determinism.snapshot()

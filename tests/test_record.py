@@ -10,8 +10,8 @@ from torch import nn
 
 import torchrepro
 from conftest import run_recorded
+from torchrepro.digests import fingerprint
 from torchrepro.errors import RecordError
-from torchrepro.fingerprint import fingerprint
 from torchrepro.record import SCHEMA_VERSION, rank_path, read_record, start_from_env
 
 CNN_NAMES = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]

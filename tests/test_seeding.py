@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 import torchrepro
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro import SeedError, derive_seed, seed_everything
+from torchrepro import derive_seed, seed_everything
 from torchrepro._derive import hash_string, normalize_seed
+from torchrepro.errors import DeterminismError, SeedError
+from torchrepro.seeding import root_seed
 
 GOLDEN_PYTHON = 0.2147004015510413
 GOLDEN_NUMPY = 0.2402204917545766
@@ -218,7 +220,7 @@ def test_no_seed_anywhere_draws_one_and_logs_it(
 def test_a_bad_determinism_mode_changes_nothing() -> None:
     torch.manual_seed(3)
     before = torch.get_rng_state()
-    with pytest.raises(torchrepro.DeterminismError):
+    with pytest.raises(DeterminismError):
         seed_everything(11, deterministic="yes")  # type: ignore[arg-type]
     assert torch.equal(torch.get_rng_state(), before)
 
@@ -258,7 +260,7 @@ def test_isolate_rng_restores_everything_after_an_exception() -> None:
     assert draws() == expected
     assert not torch.are_deterministic_algorithms_enabled()
     assert os.environ["TORCHREPRO_SEED"] == "5"
-    assert torchrepro.root_seed() == 5
+    assert root_seed() == 5
 
 
 def test_isolate_rng_nests() -> None:

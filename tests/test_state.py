@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 import torchrepro
 from torchrepro import _files, _sources, state
 from torchrepro.errors import StateError
+from torchrepro.state import RNGState, load_rng, save_rng
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_capture_draw_restore_draw_gives_the_same_numbers_for_every_source(
         random.gauss(0, 1), np.random.standard_normal()
     saved = torchrepro.capture_rng()
     first = [*_draws(), *map(_draw_from, generators.values())]
-    torchrepro.restore_rng(torchrepro.RNGState.from_state_dict(saved.state_dict()))
+    torchrepro.restore_rng(RNGState.from_state_dict(saved.state_dict()))
     assert [*_draws(), *map(_draw_from, generators.values())] == first
 
 
@@ -84,15 +85,15 @@ def test_state_dict_reads_back_with_weights_only_and_no_allow_list(tmp_path: Pat
     torch.save(torchrepro.capture_rng().state_dict(), path)
     expected = _draws()
     loaded = torch.load(path, weights_only=True)
-    torchrepro.restore_rng(torchrepro.RNGState.from_state_dict(loaded))
+    torchrepro.restore_rng(RNGState.from_state_dict(loaded))
     assert _draws() == expected
 
 
 def test_save_rng_and_load_rng_round_trip(tmp_path: Path) -> None:
-    saved = torchrepro.save_rng(tmp_path / "rng.pt")
+    saved = save_rng(tmp_path / "rng.pt")
     expected = _draws()
-    assert torchrepro.load_rng(tmp_path / "rng.pt") == saved
-    torchrepro.restore_rng(torchrepro.load_rng(tmp_path / "rng.pt"))
+    assert load_rng(tmp_path / "rng.pt") == saved
+    torchrepro.restore_rng(load_rng(tmp_path / "rng.pt"))
     assert _draws() == expected
 
 
@@ -119,11 +120,11 @@ def test_registering_something_that_is_not_a_generator_is_refused() -> None:
 # ---------------------------------------------------------------- refusals, all or nothing
 
 
-def _resealed(edit: Callable[[dict[str, Any]], None]) -> torchrepro.RNGState:
+def _resealed(edit: Callable[[dict[str, Any]], None]) -> RNGState:
     """A captured state edited after capture, with a valid checksum."""
     body = torchrepro.capture_rng().state_dict()
     edit(body["sources"])
-    return torchrepro.RNGState.from_state_dict(state._seal(body))
+    return RNGState.from_state_dict(state._seal(body))
 
 
 def _short_numpy_key(sources: dict[str, Any]) -> None:
@@ -189,14 +190,14 @@ def test_another_schema_version_is_refused_not_guessed(version: int, message: st
     body = torchrepro.capture_rng().state_dict()
     body["version"] = version
     with pytest.raises(StateError, match=message):
-        torchrepro.RNGState.from_state_dict(state._seal(body))
+        RNGState.from_state_dict(state._seal(body))
 
 
 def test_an_edited_state_fails_its_checksum() -> None:
     body = torchrepro.capture_rng().state_dict()
     body["sources"]["torch"]["state"][10] ^= 1
     with pytest.raises(StateError, match="checksum"):
-        torchrepro.RNGState.from_state_dict(body)
+        RNGState.from_state_dict(body)
 
 
 # ---------------------------------------------------------------- files
@@ -211,7 +212,7 @@ class _CreatesMarker:
 
 
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])
-@pytest.mark.parametrize("loader", [torchrepro.load_rng, torchrepro.load_checkpoint])
+@pytest.mark.parametrize("loader", [load_rng, torchrepro.load_checkpoint])
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(
     tmp_path: Path, writer: str, loader: Callable[[Path], Any]
 ) -> None:
@@ -229,7 +230,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(
 @pytest.fixture(scope="module")
 def saved_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("rng") / "rng.pt"
-    torchrepro.save_rng(path)
+    save_rng(path)
     return path.read_bytes()
 
 
@@ -239,12 +240,12 @@ def _try_damaged(tmp_path: Path, saved: bytes, content: bytes) -> None:
     path.write_bytes(content)
     before = _live()
     try:
-        torchrepro.restore_rng(torchrepro.load_rng(path))
+        torchrepro.restore_rng(load_rng(path))
     except StateError:
         assert _same_live(before)
         return
     # Bytes the content does not depend on (zip padding, a record name) may flip harmlessly.
-    assert torchrepro.load_rng(path) == torchrepro.RNGState.from_state_dict(
+    assert load_rng(path) == RNGState.from_state_dict(
         torch.load(io.BytesIO(saved), weights_only=True)
     )
 
@@ -281,14 +282,14 @@ def test_a_flipped_bit_in_the_saved_generator_bytes_is_caught(
     content[content.index(needle) + 3] ^= 0x10
     (tmp_path / "flipped.pt").write_bytes(bytes(content))
     with pytest.raises(StateError, match="checksum|cannot read"):
-        torchrepro.load_rng(tmp_path / "flipped.pt")
+        load_rng(tmp_path / "flipped.pt")
 
 
 def test_a_crash_while_saving_leaves_the_previous_file_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "rng.pt"
-    first = torchrepro.save_rng(path)
+    first = save_rng(path)
     _draws()
 
     def crash(descriptor: int) -> None:
@@ -296,9 +297,9 @@ def test_a_crash_while_saving_leaves_the_previous_file_intact(
 
     monkeypatch.setattr(_files.os, "fsync", crash)
     with pytest.raises(OSError, match="disk went away"):
-        torchrepro.save_rng(path)
+        save_rng(path)
     monkeypatch.undo()
-    assert torchrepro.load_rng(path) == first
+    assert load_rng(path) == first
     assert os.listdir(tmp_path) == ["rng.pt"]
 
 

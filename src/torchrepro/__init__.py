@@ -1,5 +1,11 @@
 """torchrepro: PyTorch training that gives the same result every time, and proof of it.
 
+The names here are what a training script writes; everything else lives in a submodule
+imported by name (``torchrepro.state``, ``torchrepro.records``, ``torchrepro.check``,
+``torchrepro.detops``, ``torchrepro.errors``, ...). Each name is imported on first use, so
+``import torchrepro`` alone imports neither torch nor numpy: the ``torchrepro`` command's
+launching process and spawned DataLoader workers load only what they use.
+
 Example:
     >>> import torchrepro
     >>> torchrepro.seed_everything(11)
@@ -8,111 +14,105 @@ Example:
 
 from __future__ import annotations
 
-from torchrepro._derive import derive_seed
-from torchrepro.check import CheckReport, check_reproducible
-from torchrepro.compare import RecordDiff, diff_records
-from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
-from torchrepro.determinism import (
-    DeterminismStatus,
-    determinism_status,
-    deterministic,
-    enable_determinism,
-)
-from torchrepro.detops import (
-    CostReport,
-    determinism_cost,
-    deterministic_ops,
-    patch_nondeterministic_ops,
-    unpatch_nondeterministic_ops,
-)
-from torchrepro.distributed import split_streams, verify_replicas
-from torchrepro.env import environment
-from torchrepro.errors import (
-    CheckError,
-    DeterminismError,
-    DistributedError,
-    FingerprintError,
-    RecordError,
-    ReplacementError,
-    SeedError,
-    StateError,
-    TorchReproError,
-)
-from torchrepro.fingerprint import Digest, fingerprint
-from torchrepro.record import Record, Recorder, log, read_record, record
-from torchrepro.seeding import (
-    isolate_rng,
-    numpy_generator,
-    root_seed,
-    seed_everything,
-    torch_generator,
-)
-from torchrepro.state import (
-    RNGState,
-    capture_rng,
-    load_checkpoint,
-    load_rng,
-    load_state_dict,
-    register_generator,
-    restore_rng,
-    save_checkpoint,
-    save_rng,
-    state_dict,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
-__all__ = [
-    "CheckError",
-    "CheckReport",
-    "CostReport",
-    "DeterminismError",
-    "DeterminismStatus",
-    "Digest",
-    "DistributedError",
-    "FingerprintError",
-    "RNGState",
-    "Record",
-    "RecordDiff",
-    "RecordError",
-    "Recorder",
-    "ReplacementError",
-    "SeedError",
-    "StateError",
-    "TorchReproError",
-    "capture_rng",
-    "check_reproducible",
-    "derive_seed",
-    "determinism_cost",
-    "determinism_status",
-    "deterministic",
-    "deterministic_ops",
-    "diff_records",
-    "enable_determinism",
-    "environment",
-    "fingerprint",
-    "isolate_rng",
-    "load_checkpoint",
-    "load_rng",
-    "load_state_dict",
-    "log",
-    "numpy_generator",
-    "patch_nondeterministic_ops",
-    "read_record",
-    "record",
-    "register_generator",
-    "restore_rng",
-    "root_seed",
-    "sample_rng",
-    "save_checkpoint",
-    "save_rng",
-    "seed_everything",
-    "seed_per_sample",
-    "seed_worker",
-    "split_streams",
-    "state_dict",
-    "torch_generator",
-    "unpatch_nondeterministic_ops",
-    "verify_replicas",
-    "worker_init_fn",
-]
+# name -> the module that owns it
+_PUBLIC = {
+    "TorchReproError": "torchrepro.errors",
+    "capture_rng": "torchrepro.state",
+    "check_reproducible": "torchrepro.check",
+    "derive_seed": "torchrepro._derive",
+    "determinism_status": "torchrepro.determinism",
+    "deterministic": "torchrepro.determinism",
+    "enable_determinism": "torchrepro.determinism",
+    "fingerprint": "torchrepro.digests",
+    "isolate_rng": "torchrepro.seeding",
+    "load_checkpoint": "torchrepro.state",
+    "load_state_dict": "torchrepro.state",
+    "log": "torchrepro.records",
+    "numpy_generator": "torchrepro.seeding",
+    "record": "torchrepro.records",
+    "register_generator": "torchrepro.state",
+    "restore_rng": "torchrepro.state",
+    "sample_rng": "torchrepro.data",
+    "save_checkpoint": "torchrepro.state",
+    "seed_everything": "torchrepro.seeding",
+    "seed_per_sample": "torchrepro.data",
+    "seed_worker": "torchrepro.data",
+    "split_streams": "torchrepro.distributed",
+    "state_dict": "torchrepro.state",
+    "torch_generator": "torchrepro.seeding",
+    "worker_init_fn": "torchrepro.data",
+}
+
+# Names that were public in 0.1.0, and where they live now (see CHANGELOG.md).
+_MOVED = {
+    "CheckError": "torchrepro.errors",
+    "CheckReport": "torchrepro.check",
+    "CostReport": "torchrepro.cost",
+    "DeterminismError": "torchrepro.errors",
+    "DeterminismStatus": "torchrepro.determinism",
+    "Digest": "torchrepro.digests",
+    "DistributedError": "torchrepro.errors",
+    "FingerprintError": "torchrepro.errors",
+    "RNGState": "torchrepro.state",
+    "Record": "torchrepro.records",
+    "RecordDiff": "torchrepro.compare",
+    "RecordError": "torchrepro.errors",
+    "Recorder": "torchrepro.records",
+    "ReplacementError": "torchrepro.errors",
+    "SeedError": "torchrepro.errors",
+    "StateError": "torchrepro.errors",
+    "determinism_cost": "torchrepro.cost",
+    "deterministic_ops": "torchrepro.detops",
+    "diff_records": "torchrepro.compare",
+    "environment": "torchrepro.env",
+    "load_rng": "torchrepro.state",
+    "patch_nondeterministic_ops": "torchrepro.detops",
+    "read_record": "torchrepro.records",
+    "root_seed": "torchrepro.seeding",
+    "save_rng": "torchrepro.state",
+    "unpatch_nondeterministic_ops": "torchrepro.detops",
+    "verify_replicas": "torchrepro.distributed",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    owner = _PUBLIC.get(name)
+    if owner is None:
+        moved = _MOVED.get(name)
+        hint = f"; since 0.2.0 it is {moved}.{name}" if moved else ""
+        raise AttributeError(f"module 'torchrepro' has no attribute {name!r}{hint}")
+    value = getattr(importlib.import_module(owner), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+if TYPE_CHECKING:
+    from torchrepro._derive import derive_seed
+    from torchrepro.check import check_reproducible
+    from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
+    from torchrepro.determinism import determinism_status, deterministic, enable_determinism
+    from torchrepro.digests import fingerprint
+    from torchrepro.distributed import split_streams
+    from torchrepro.errors import TorchReproError
+    from torchrepro.records import log, record
+    from torchrepro.seeding import isolate_rng, numpy_generator, seed_everything, torch_generator
+    from torchrepro.state import (
+        capture_rng,
+        load_checkpoint,
+        load_state_dict,
+        register_generator,
+        restore_rng,
+        save_checkpoint,
+        state_dict,
+    )

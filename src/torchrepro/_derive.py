@@ -2,18 +2,24 @@
 
 Seeds are never added together (``seed + rank`` collides: seed 1 on rank 0 equals seed 0
 on rank 1). Each derived seed is a hash of the root seed and a tuple of keys, through
-numpy's ``SeedSequence``, which mixes all 64 output bits, the low 32 included (legacy
-numpy and torch's CPU generator use only those).
+numpy's ``SeedSequence`` algorithm, which mixes all 64 output bits, the low 32 included
+(legacy numpy and torch's CPU generator use only those). It is written out here in plain
+Python (golden-tested against numpy's) so that the launching process of ``torchrepro run``
+derives the child's hash seed without importing numpy or torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
+import os
+import secrets
 
-import numpy as np
-
+from torchrepro import _contract
 from torchrepro.errors import SeedError
+
+log = logging.getLogger("torchrepro")
 
 SeedLike = int | str
 """What users may pass as a seed: an int in [0, 2**64) or a string (hashed)."""
@@ -110,4 +116,114 @@ def derive_seed(root: SeedLike, *keys: SeedLike) -> int:
             words += [_STR_TAG, *_words(hash_string(key))]
         else:
             words += [_INT_TAG, *_words(_as_int(key, f"key {index} of derive_seed"))]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+    return _seed_sequence_uint64(words)
+
+
+# numpy's SeedSequence (numpy/random/bit_generator.pyx), for 32-bit entropy words, no
+# spawn key, the default pool of 4 words, and one uint64 of output.
+_MASK = 0xFFFFFFFF
+_INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
+_INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
+_MIX_MULT_L, _MIX_MULT_R = 0xCA01F9DD, 0x4973F715
+_POOL_SIZE = 4
+
+
+class _HashMix:
+    def __init__(self) -> None:
+        self.const = _INIT_A
+
+    def __call__(self, value: int) -> int:
+        value = (value ^ self.const) & _MASK
+        self.const = (self.const * _MULT_A) & _MASK
+        value = (value * self.const) & _MASK
+        return value ^ (value >> 16)
+
+
+def _mix(x: int, y: int) -> int:
+    result = (_MIX_MULT_L * x - _MIX_MULT_R * y) & _MASK
+    return result ^ (result >> 16)
+
+
+def _seed_sequence_uint64(entropy: list[int]) -> int:
+    hashmix = _HashMix()
+    pool = [hashmix(entropy[i] if i < len(entropy) else 0) for i in range(_POOL_SIZE)]
+    for src in range(_POOL_SIZE):
+        for dst in range(_POOL_SIZE):
+            if src != dst:
+                pool[dst] = _mix(pool[dst], hashmix(pool[src]))
+    for word in entropy[_POOL_SIZE:]:
+        for dst in range(_POOL_SIZE):
+            pool[dst] = _mix(pool[dst], hashmix(word))
+    const = _INIT_B
+    out = []
+    for word in pool[:2]:
+        value = (word ^ const) & _MASK
+        const = (const * _MULT_B) & _MASK
+        value = (value * const) & _MASK
+        out.append(value ^ (value >> 16))
+    return out[0] | out[1] << 32
+
+
+def hash_seed_for(root: int) -> int:
+    """The ``PYTHONHASHSEED`` torchrepro uses for a root seed (Python takes [0, 2**32)).
+
+    Example:
+        >>> hash_seed_for(11)
+        2231009419
+    """
+    return derive_seed(root, "pythonhash") % 2**32
+
+
+def root_seed_from_env() -> int:
+    """The root seed exported by ``seed_everything`` or ``torchrepro run``.
+
+    Raises:
+        SeedError: No seed is set, or ``TORCHREPRO_SEED`` is not an integer.
+
+    Example:
+        >>> os.environ["TORCHREPRO_SEED"] = "11"
+        >>> root_seed_from_env()
+        11
+    """
+    text = os.environ.get(_contract.SEED)
+    if text is None:
+        raise SeedError(
+            f"no root seed: {_contract.SEED} is not set. "
+            "Call torchrepro.seed_everything(seed) first, or pass seed= explicitly."
+        )
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise SeedError(
+            f"{_contract.SEED} must be an integer in [0, 2**64); got {text!r}. "
+            f"Set it to a decimal integer, or unset it."
+        ) from None
+    return normalize_seed(value, what=_contract.SEED)
+
+
+def fresh_seed() -> int:
+    """A new 32-bit seed (easy to copy), logged once with how to repeat the run."""
+    fresh = secrets.randbelow(2**32)
+    log.warning(
+        "torchrepro: no seed given; using seed %d. Repeat this run with "
+        "seed_everything(%d) or %s=%d.",
+        fresh,
+        fresh,
+        _contract.SEED,
+        fresh,
+    )
+    return fresh
+
+
+def resolve_root(seed: SeedLike | None) -> int:
+    """The root seed of one process: ``seed``, else ``TORCHREPRO_SEED``, else a fresh one.
+
+    Example:
+        >>> resolve_root("experiment-1") == resolve_root("experiment-1")
+        True
+    """
+    if seed is not None:
+        return normalize_seed(seed)
+    if os.environ.get(_contract.SEED) is not None:
+        return root_seed_from_env()
+    return fresh_seed()

@@ -12,6 +12,10 @@ Example:
 
 from __future__ import annotations
 
+from typing import Literal, Union, cast
+
+from torchrepro.errors import DeterminismError
+
 CUDNN_DETERMINISTIC = "cudnn_deterministic"
 CUDNN_BENCHMARK = "cudnn_benchmark"
 DETERMINISTIC_ALGORITHMS = "deterministic_algorithms"
@@ -40,3 +44,46 @@ NOTES = {
 """Why each setting can change a training's result, by name, in manifest order."""
 
 NAMES = tuple(NOTES)
+
+Mode = Union[bool, Literal["warn"]]
+"""``True`` (strict deterministic algorithms), ``"warn"`` (warn-only) or ``False`` (off)."""
+
+MODE_TEXT: dict[bool | str | None, str] = {None: "", False: "0", True: "1", "warn": "warn"}
+"""A mode as text, for an environment variable (``None``: the common recipe's flags)."""
+
+
+def check_mode(mode: object) -> Mode:
+    """Validates a determinism mode: ``True``, ``False`` or ``"warn"``.
+
+    Raises:
+        DeterminismError: Anything else.
+
+    Example:
+        >>> check_mode("warn")
+        'warn'
+    """
+    if mode is True or mode is False or mode == "warn":
+        return cast(Mode, mode)
+    raise DeterminismError(
+        f"deterministic must be True, False, None or 'warn'; got {mode!r}. "
+        "Pass True for strict deterministic algorithms, 'warn' to only warn."
+    )
+
+
+def mode_from_text(text: str) -> Mode | None:
+    """The mode a :data:`MODE_TEXT` value stands for.
+
+    Raises:
+        DeterminismError: ``text`` is not one of them.
+
+    Example:
+        >>> mode_from_text("1")
+        True
+    """
+    for mode, value in MODE_TEXT.items():
+        if value == text:
+            return None if mode is None else check_mode(mode)
+    raise DeterminismError(
+        f"a determinism mode must be one of {sorted(MODE_TEXT.values())}; got {text!r}. "
+        "Launch through `torchrepro run` rather than setting it by hand."
+    )

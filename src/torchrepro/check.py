@@ -30,7 +30,7 @@ from typing import IO, Any
 from torchrepro import localize as loc
 from torchrepro._derive import SeedLike
 from torchrepro.compare import EnvDifference, differing_values, environment_differences
-from torchrepro.distributed import REPLICA_EVERY_ENV
+from torchrepro._contract import REPLICA_EVERY as REPLICA_EVERY_ENV
 from torchrepro.errors import CheckError, RecordError
 from torchrepro.launch import NO_SEED_ENV, child_environment
 from torchrepro.record import FORMAT

@@ -1,7 +1,9 @@
 """The ``torchrepro`` command: argument parsing only; every verb calls the library.
 
-Exit status: 0 success, 1 a finding (runs diverged), 2 a usage error, 3 a run failed.
-A verb that runs a command (``run``) exits with that command's status.
+Exit status (:class:`torchrepro.errors.ExitCode`): 0 success, 1 a finding (runs diverged),
+2 a usage error, 3 a run failed, 130 interrupted. A verb that runs a command (``run``)
+exits with that command's status. The launching process never imports torch: each verb
+imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from torchrepro.errors import TorchReproError
-
-FINDING = 1
-USAGE_ERROR = 2
-RUN_FAILED = 3
+from torchrepro.errors import ExitCode, TorchReproError
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -59,9 +57,8 @@ def _seed_option(text: str) -> int | str:
 
 def _run(args: argparse.Namespace) -> int:
     from torchrepro.launch import run_command
-    from torchrepro.seeding import resolve_seed
 
-    return run_command(_command(args), resolve_seed(args.seed), args.deterministic)
+    return run_command(_command(args), args.seed, args.deterministic)
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,8 +127,8 @@ def _diff(args: argparse.Namespace) -> int:
     result = diff_records(args.a, args.b)
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
     if not result.comparable:
-        return USAGE_ERROR
-    return FINDING if not result.identical else 0
+        return ExitCode.USAGE
+    return ExitCode.FINDING if not result.identical else ExitCode.OK
 
 
 def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,7 +174,7 @@ def _check(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("\ntorchrepro check: interrupted; every run was stopped", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     if tty:
         print(file=sys.stderr)
     print(report.render())
@@ -274,13 +271,13 @@ def _demo(args: argparse.Namespace) -> int:
         report = run_demo(Scale.of(args.quick, args.epochs), args.out)
     except DemoRunError as error:
         print(f"torchrepro demo: {error}", file=sys.stderr)
-        return RUN_FAILED
+        return error.exit_code
     print(report.render())
     # A finding is torchrepro's own setup failing to repeat; the other setups are the
     # problem being shown, not a finding.
     if report.check is not None and report.check.exit_code != 0:
         return report.check.exit_code
-    return 0 if report.setup("torchrepro").identical else FINDING
+    return ExitCode.OK if report.setup("torchrepro").identical else ExitCode.FINDING
 
 
 def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -336,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         if isinstance(exit_.code, str):
             print(exit_.code, file=sys.stderr)
-            return USAGE_ERROR
+            return ExitCode.USAGE
         return int(exit_.code or 0)
     except TorchReproError as error:
         print(f"torchrepro {args.verb}: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return error.exit_code

@@ -24,29 +24,33 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from torchrepro import detops
+from torchrepro import _contract, _flags, detops
+from torchrepro._flags import Mode, check_mode
 from torchrepro.errors import DeterminismError
+
+__all__ = [
+    "DeterminismStatus",
+    "Mode",
+    "check_mode",
+    "cublas_needs_workspace_config",
+    "determinism_status",
+    "deterministic",
+    "enable_determinism",
+    "restore",
+    "settings",
+    "snapshot",
+    "string_hashing_randomized",
+]
 
 log = logging.getLogger("torchrepro")
 
-Mode = bool | Literal["warn"]
-"""``True`` (strict deterministic algorithms) or ``"warn"`` (warn-only)."""
-
-CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
-CUBLAS_VALUE = ":4096:8"
-FLASH_ATTENTION_ENV = "FLASH_ATTENTION_DETERMINISTIC"
-HASH_SEED_ENV = "PYTHONHASHSEED"
-
-# Environment variables torchrepro may change; isolation and restore cover exactly these.
-MANAGED_ENV = ("TORCHREPRO_SEED", HASH_SEED_ENV, CUBLAS_ENV, FLASH_ATTENTION_ENV)
-
 # Read once at import: the interpreter fixed its string hash seed at start-up, and a
 # later change of the variable does nothing for this process (only for its children).
-_HASH_SEED_AT_START = os.environ.get(HASH_SEED_ENV)
+_HASH_SEED_AT_START = os.environ.get(_contract.HASH_SEED)
 
 _cublas_set_late = False
 
@@ -55,9 +59,21 @@ def _cuda_started() -> bool:
     return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
 
 
-def _set_deterministic_algorithms(value: tuple[bool, bool]) -> None:
-    enabled, warn_only = value
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+def _set_deterministic_algorithms(value: bool) -> None:
+    torch.use_deterministic_algorithms(
+        value, warn_only=torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+
+
+def _set_warn_only(value: bool) -> None:
+    torch.use_deterministic_algorithms(
+        torch.are_deterministic_algorithms_enabled(), warn_only=value
+    )
+
+
+def _fill() -> bool:
+    # absent before torch 2.1
+    return bool(getattr(torch.utils.deterministic, "fill_uninitialized_memory", False))
 
 
 def _set_fill(value: bool) -> None:
@@ -84,38 +100,94 @@ def _set_replacements(value: tuple[bool, bool]) -> None:
         detops.unpatch_nondeterministic_ops()
 
 
-# name -> (get, set): every flag the switches touch, snapshot and restored as one.
-_FLAGS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
-    "cudnn_deterministic": (lambda: torch.backends.cudnn.deterministic, _set_cudnn_deterministic),
-    "cudnn_benchmark": (lambda: torch.backends.cudnn.benchmark, _set_cudnn_benchmark),
-    "deterministic_algorithms": (
-        lambda: (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-        ),
-        _set_deterministic_algorithms,
+@dataclass(frozen=True)
+class _Setting:
+    """How to read one setting of :mod:`torchrepro._flags`, and to save and put it back.
+
+    ``save`` defaults to ``read``; a setting without ``put`` is reported, never changed.
+    """
+
+    read: Callable[[], Any]
+    put: Callable[[Any], None] | None = None
+    save: Callable[[], Any] | None = None
+
+
+def string_hashing_randomized() -> bool:
+    """Whether this interpreter salts ``hash(str)`` per process.
+
+    It does unless ``PYTHONHASHSEED`` was set to an integer before it started.
+
+    Example:
+        >>> isinstance(string_hashing_randomized(), bool)
+        True
+    """
+    if sys.flags.hash_randomization == 0:
+        return False
+    return _HASH_SEED_AT_START in (None, "", "random")
+
+
+# The one table of determinism settings, in the vocabulary of torchrepro._flags: snapshot,
+# restore, the status and the environment manifest all read it.
+_SETTINGS: dict[str, _Setting] = {
+    _flags.CUDNN_DETERMINISTIC: _Setting(
+        lambda: bool(torch.backends.cudnn.deterministic), _set_cudnn_deterministic
     ),
-    "fill_uninitialized_memory": (
-        lambda: torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
-        _set_fill,
+    _flags.CUDNN_BENCHMARK: _Setting(
+        lambda: bool(torch.backends.cudnn.benchmark), _set_cudnn_benchmark
     ),
-    "replaced_ops": (_replacements, _set_replacements),
+    _flags.DETERMINISTIC_ALGORITHMS: _Setting(
+        torch.are_deterministic_algorithms_enabled, _set_deterministic_algorithms
+    ),
+    _flags.WARN_ONLY: _Setting(torch.is_deterministic_algorithms_warn_only_enabled, _set_warn_only),
+    _flags.FILL_UNINITIALIZED_MEMORY: _Setting(_fill, _set_fill),
+    _flags.REPLACED_OPS: _Setting(
+        lambda: bool(detops.patched_ops()), _set_replacements, _replacements
+    ),
+    _flags.TF32_MATMUL: _Setting(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
+    _flags.TF32_CUDNN: _Setting(lambda: bool(torch.backends.cudnn.allow_tf32)),
+    _flags.FLOAT32_MATMUL_PRECISION: _Setting(torch.get_float32_matmul_precision),
+    _flags.STRING_HASHING: _Setting(string_hashing_randomized),
 }
+assert tuple(_SETTINGS) == _flags.NAMES, "every setting of the vocabulary, in its order"
+
+
+def settings() -> dict[str, Any]:
+    """Every determinism setting now, by its :mod:`torchrepro._flags` name (JSON values).
+
+    The environment manifest records this dict as ``env["determinism"]``.
+
+    Example:
+        >>> settings()["cudnn_benchmark"]
+        False
+    """
+    return {name: setting.read() for name, setting in _SETTINGS.items()}
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Determinism flags and managed environment variables at one moment."""
+    """Determinism settings and managed environment variables at one moment."""
 
     flags: dict[str, Any]
     env: dict[str, str | None]
 
 
 def snapshot() -> Snapshot:
-    """Captures every flag and managed environment variable, for :func:`restore`."""
+    """Captures every settable setting and managed environment variable, for :func:`restore`.
+
+    Example:
+        >>> saved = snapshot()
+        >>> torch.backends.cudnn.benchmark = True
+        >>> restore(saved)
+        >>> torch.backends.cudnn.benchmark
+        False
+    """
     return Snapshot(
-        flags={name: get() for name, (get, _) in _FLAGS.items()},
-        env={name: os.environ.get(name) for name in MANAGED_ENV},
+        flags={
+            name: (setting.save or setting.read)()
+            for name, setting in _SETTINGS.items()
+            if setting.put is not None
+        },
+        env={name: os.environ.get(name) for name in _contract.MANAGED},
     )
 
 
@@ -125,9 +197,10 @@ def restore(saved: Snapshot) -> None:
         # Only what changed: torch.use_deterministic_algorithms imports torch._inductor
         # (seconds) even to set the value it already has, and the pytest plugin restores
         # after every test.
-        get, put = _FLAGS[name]
-        if get() != value:
-            put(value)
+        setting = _SETTINGS[name]
+        assert setting.put is not None
+        if (setting.save or setting.read)() != value:
+            setting.put(value)
     for name, env_value in saved.env.items():
         if env_value is None:
             os.environ.pop(name, None)
@@ -135,33 +208,9 @@ def restore(saved: Snapshot) -> None:
             os.environ[name] = env_value
 
 
-def check_mode(mode: object) -> Mode:
-    """Validates a determinism mode: ``True``, ``False`` or ``"warn"``.
-
-    Raises:
-        DeterminismError: Anything else.
-    """
-    if mode is True or mode is False or mode == "warn":
-        return mode
-    raise DeterminismError(
-        f"deterministic must be True, False, None or 'warn'; got {mode!r}. "
-        "Pass True for strict deterministic algorithms, 'warn' to only warn."
-    )
-
-
 def cublas_needs_workspace_config() -> bool:
     """Whether this torch build runs cuBLAS, which needs ``CUBLAS_WORKSPACE_CONFIG``."""
     return torch.version.cuda is not None and getattr(torch.version, "hip", None) is None
-
-
-def string_hashing_randomized() -> bool:
-    """Whether this interpreter salts ``hash(str)`` per process.
-
-    It does unless ``PYTHONHASHSEED`` was set to an integer before it started.
-    """
-    if sys.flags.hash_randomization == 0:
-        return False
-    return _HASH_SEED_AT_START in (None, "", "random")
 
 
 def set_recipe_flags() -> None:
@@ -172,18 +221,18 @@ def set_recipe_flags() -> None:
 
 def _set_cublas_workspace() -> None:
     global _cublas_set_late
-    if not cublas_needs_workspace_config() or os.environ.get(CUBLAS_ENV):
+    if not cublas_needs_workspace_config() or os.environ.get(_contract.CUBLAS):
         return
-    os.environ[CUBLAS_ENV] = CUBLAS_VALUE
+    os.environ[_contract.CUBLAS] = _contract.CUBLAS_VALUE
     if _cuda_started():
         _cublas_set_late = True
         log.warning(
             "torchrepro: %s was set after CUDA started, so cuBLAS may already run without it "
             "and matrix products may not repeat. Set it before the first CUDA operation "
             "(export %s=%s), or launch with `torchrepro run --deterministic -- CMD`.",
-            CUBLAS_ENV,
-            CUBLAS_ENV,
-            CUBLAS_VALUE,
+            _contract.CUBLAS,
+            _contract.CUBLAS,
+            _contract.CUBLAS_VALUE,
         )
 
 
@@ -217,7 +266,7 @@ def enable_determinism(
         )
     set_recipe_flags()
     _set_cublas_workspace()
-    os.environ.setdefault(FLASH_ATTENTION_ENV, "1")
+    os.environ.setdefault(_contract.FLASH_ATTENTION, "1")
     torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
     _set_fill(fill_uninitialized_memory)
     if replace_ops:
@@ -248,7 +297,10 @@ def deterministic(
 
 @dataclass(frozen=True)
 class DeterminismStatus:
-    """Every setting that decides whether a training repeats, and what is not controlled."""
+    """Every setting that decides whether a training repeats, and what is not controlled.
+
+    The first ten fields are the settings of :func:`settings`, under the same names.
+    """
 
     cudnn_deterministic: bool
     cudnn_benchmark: bool
@@ -256,18 +308,18 @@ class DeterminismStatus:
     warn_only: bool
     fill_uninitialized_memory: bool
     replaced_ops: bool
+    tf32_matmul: bool
+    tf32_cudnn: bool
+    float32_matmul_precision: str
+    string_hashing_randomized: bool
     cublas_workspace_config: str | None
     cublas_needs_workspace_config: bool
     cublas_set_after_cuda_started: bool
     cuda_initialized: bool
-    tf32_matmul: bool
-    tf32_cudnn: bool
-    float32_matmul_precision: str
     sdpa_backends: dict[str, bool]
     num_threads: int
     num_interop_threads: int
     python_hash_seed: str | None
-    string_hashing_randomized: bool
     uncontrolled: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -309,9 +361,9 @@ def _uncontrolled(status: dict[str, Any]) -> list[str]:
     elif status["warn_only"]:
         found.append("ops with no deterministic kernel only warn (warn-only mode)")
     if status["cublas_needs_workspace_config"] and not status["cublas_workspace_config"]:
-        found.append(f"{CUBLAS_ENV} is not set: cuBLAS matrix products may not repeat")
+        found.append(f"{_contract.CUBLAS} is not set: cuBLAS matrix products may not repeat")
     if status["cublas_set_after_cuda_started"]:
-        found.append(f"{CUBLAS_ENV} was set after CUDA started: cuBLAS may ignore it")
+        found.append(f"{_contract.CUBLAS} was set after CUDA started: cuBLAS may ignore it")
     found.append(
         f"CPU results can depend on the thread count ({status['num_threads']} now): "
         "compare runs with the same torch.get_num_threads()"
@@ -328,26 +380,15 @@ def determinism_status() -> DeterminismStatus:
         >>> print(determinism_status().cudnn_benchmark)
         False
     """
-    enabled, warn_only = _FLAGS["deterministic_algorithms"][0]()
-    cuda_initialized = _cuda_started()
     status: dict[str, Any] = dict(
-        cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
-        cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
-        deterministic_algorithms=bool(enabled),
-        warn_only=bool(warn_only),
-        fill_uninitialized_memory=bool(_FLAGS["fill_uninitialized_memory"][0]()),
-        replaced_ops=bool(detops.patched_ops()),
-        cublas_workspace_config=os.environ.get(CUBLAS_ENV),
+        **settings(),
+        cublas_workspace_config=os.environ.get(_contract.CUBLAS),
         cublas_needs_workspace_config=cublas_needs_workspace_config(),
         cublas_set_after_cuda_started=_cublas_set_late,
-        cuda_initialized=cuda_initialized,
-        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
-        tf32_cudnn=bool(torch.backends.cudnn.allow_tf32),
-        float32_matmul_precision=torch.get_float32_matmul_precision(),
+        cuda_initialized=_cuda_started(),
         sdpa_backends=_sdpa_backends(),
         num_threads=torch.get_num_threads(),
         num_interop_threads=torch.get_num_interop_threads(),
-        python_hash_seed=os.environ.get(HASH_SEED_ENV),
-        string_hashing_randomized=string_hashing_randomized(),
+        python_hash_seed=os.environ.get(_contract.HASH_SEED),
     )
     return DeterminismStatus(**status, uncontrolled=_uncontrolled(status))

@@ -54,13 +54,13 @@ from torch.optim.optimizer import (
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.hooks import RemovableHandle
 
+from torchrepro import _contract
 from torchrepro._derive import derive_seed
 from torchrepro._sources import seed_all
 from torchrepro.errors import DistributedError, SeedError
-from torchrepro.fingerprint import _digest_tensors
+from torchrepro.digests import _digest_tensors
 
 __all__ = [
-    "REPLICA_EVERY_ENV",
     "broadcast_seed",
     "is_distributed",
     "rank",
@@ -72,7 +72,6 @@ __all__ = [
 
 log = logging.getLogger("torchrepro")
 
-REPLICA_EVERY_ENV = "TORCHREPRO_REPLICA_EVERY"
 _DEFAULT_EVERY = 100
 # DistributedSampler adds the epoch to its seed; 63 bits leave room for that sum.
 _SAMPLER_SEED_MASK = 2**63 - 1
@@ -92,7 +91,7 @@ def rank() -> int:
     """
     if _group_ready():
         return int(torch.distributed.get_rank())
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get(_contract.RANK, "0"))
 
 
 def world_size() -> int:
@@ -104,7 +103,7 @@ def world_size() -> int:
     """
     if _group_ready():
         return int(torch.distributed.get_world_size())
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get(_contract.WORLD_SIZE, "1"))
 
 
 def is_distributed() -> bool:
@@ -266,14 +265,14 @@ def _install_hooks() -> None:
 
 
 def _every_from_env() -> int:
-    text = os.environ.get(REPLICA_EVERY_ENV, str(_DEFAULT_EVERY))
+    text = os.environ.get(_contract.REPLICA_EVERY, str(_DEFAULT_EVERY))
     try:
         every = int(text, 10)
     except ValueError:
         every = -1
     if every < 0:
         raise DistributedError(
-            f"{REPLICA_EVERY_ENV} must be a non-negative integer; got {text!r}. "
+            f"{_contract.REPLICA_EVERY} must be a non-negative integer; got {text!r}. "
             "Set it to N (check every N steps) or 0 (never), or unset it."
         )
     return every

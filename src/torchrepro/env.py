@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 
+from torchrepro import _contract, determinism, distributed
+
 __all__ = ["ENV_VAR_PREFIXES", "ENV_VARS", "environment", "format_environment"]
 
 # Variables read by libraries at start-up that change kernels, threads, hashing or devices.
 ENV_VARS = (
-    "PYTHONHASHSEED",
+    _contract.HASH_SEED,
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
     "CUDA_LAUNCH_BLOCKING",
     "NVIDIA_TF32_OVERRIDE",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
+    _contract.WORLD_SIZE,
+    _contract.RANK,
+    _contract.LOCAL_RANK,
 )
 ENV_VAR_PREFIXES = ("CUBLAS_", "CUBLASLT_", "CUDNN_", "NCCL_ALGO", "NCCL_PROTO", "TORCHREPRO_")
 
@@ -109,31 +111,8 @@ def _cudnn() -> str | None:
     return None if v is None else str(v)
 
 
-def _determinism() -> dict[str, Any]:
-    return {
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "fill_uninitialized_memory": getattr(  # absent before torch 2.1
-            torch.utils.deterministic, "fill_uninitialized_memory", None
-        ),
-    }
-
-
-def _distributed() -> tuple[int, int]:
-    """(world size, rank): from an initialised process group, else torchrun's variables."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-
-
 def _seed() -> int | str | None:
-    raw = os.environ.get("TORCHREPRO_SEED")
+    raw = os.environ.get(_contract.SEED)
     if raw is None:
         return None
     return int(raw) if raw.lstrip("-").isdigit() else raw
@@ -157,7 +136,6 @@ def environment(cwd: str | None = None) -> dict[str, Any]:
     """
     import numpy
 
-    world_size, rank = _distributed()
     return {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -174,11 +152,11 @@ def environment(cwd: str | None = None) -> dict[str, Any]:
             "intra_op": torch.get_num_threads(),
             "inter_op": torch.get_num_interop_threads(),
         },
-        "determinism": _determinism(),
+        "determinism": determinism.settings(),
         "env_vars": _env_vars(),
         "seed": _seed(),
-        "world_size": world_size,
-        "rank": rank,
+        "world_size": distributed.world_size(),
+        "rank": distributed.rank(),
         "git": _git(cwd or os.getcwd()),
     }
 

@@ -4,9 +4,14 @@
 ``PYTHONPATH``. Python imports it at start-up, before the user's code, in every Python
 process of the command (the script, spawned DataLoader workers, torchrun's ranks), and it
 calls :func:`bootstrap`, which applies ``seed_everything`` from the environment. Variables
-that must be in place before an interpreter starts (``PYTHONHASHSEED``) or before CUDA
-starts (``CUBLAS_WORKSPACE_CONFIG``) are set in the child's environment directly.
-Interpreters started with ``-S`` or ``-I`` skip ``sitecustomize`` and are not seeded.
+that must be in place before an interpreter starts (``PYTHONHASHSEED``) are set in the
+child's environment directly; ``CUBLAS_WORKSPACE_CONFIG`` is set by the bootstrap, before
+the user's code can start CUDA. Interpreters started with ``-S`` or ``-I`` skip
+``sitecustomize`` and are not seeded.
+
+This module is the one builder of a child's environment (``run``, ``check``, the demo and
+``assert_reproducible`` all go through it), and it imports neither torch nor numpy: the
+launching process only starts the command.
 """
 
 from __future__ import annotations
@@ -16,26 +21,35 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from torchrepro import determinism
-from torchrepro._derive import SeedLike, normalize_seed
-from torchrepro.errors import TorchReproError
-from torchrepro.localize import start_trace_from_env
-from torchrepro.record import start_from_env
-from torchrepro.seeding import SEED_ENV, hash_seed_for, seed_everything
+from torchrepro import _contract, _flags
+from torchrepro._derive import SeedLike, hash_seed_for, normalize_seed, resolve_root
+from torchrepro.errors import RunError
 
-BOOTSTRAP_ENV = "TORCHREPRO_BOOTSTRAP"
-DETERMINISTIC_ENV = "TORCHREPRO_DETERMINISTIC"
-NO_SEED_ENV = "TORCHREPRO_NO_SEED"
+__all__ = ["bootstrap", "child_environment", "clean_environment", "resolve_root", "run_command"]
+
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
-_MODE_TEXT: dict[bool | str | None, str] = {None: "", False: "0", True: "1", "warn": "warn"}
-_TEXT_MODE = {text: mode for mode, text in _MODE_TEXT.items()}
+
+def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (default ``os.environ``) without anything torchrepro exported.
+
+    Drops every ``TORCHREPRO_*`` variable of the contract and ``PYTHONHASHSEED``, so a
+    command started in it runs as if torchrepro had never run in this process.
+
+    Example:
+        >>> clean_environment({"PATH": "/bin", "TORCHREPRO_SEED": "11", "PYTHONHASHSEED": "1"})
+        {'PATH': '/bin'}
+    """
+    dropped = {*_contract.SET_BY_TORCHREPRO, _contract.HASH_SEED}
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in dropped}
 
 
 def child_environment(
     seed: SeedLike,
     deterministic: bool | str | None = None,
     base: Mapping[str, str] | None = None,
+    *,
+    bootstrap: bool = True,
 ) -> dict[str, str]:
     """The environment in which a command runs under torchrepro.
 
@@ -44,21 +58,23 @@ def child_environment(
         deterministic: As for ``seed_everything``: ``None`` (recipe flags), ``True``,
             ``"warn"`` or ``False``.
         base: The environment to extend; ``os.environ`` by default.
+        bootstrap: Put the start-up hook on ``PYTHONPATH`` so every Python process of the
+            command seeds itself; ``False`` only exports the seed and the hash seed.
 
     Example:
-        >>> env = child_environment(11, deterministic=True)
-        >>> env["TORCHREPRO_SEED"]
-        '11'
+        >>> env = child_environment(11, deterministic=True, base={})
+        >>> env["TORCHREPRO_SEED"], env["PYTHONHASHSEED"], env["TORCHREPRO_DETERMINISTIC"]
+        ('11', '2231009419', '1')
     """
     root = normalize_seed(seed)
-    mode = None if deterministic is None else determinism.check_mode(deterministic)
+    mode = None if deterministic is None else _flags.check_mode(deterministic)
     env = dict(os.environ if base is None else base)
-    env[SEED_ENV] = str(root)
-    env[determinism.HASH_SEED_ENV] = str(hash_seed_for(root))
-    env[BOOTSTRAP_ENV] = "1"
-    env[DETERMINISTIC_ENV] = _MODE_TEXT[mode]
-    if mode and determinism.cublas_needs_workspace_config():
-        env.setdefault(determinism.CUBLAS_ENV, determinism.CUBLAS_VALUE)
+    env[_contract.SEED] = str(root)
+    env[_contract.HASH_SEED] = str(hash_seed_for(root))
+    if not bootstrap:
+        return env
+    env[_contract.BOOTSTRAP] = "1"
+    env[_contract.DETERMINISTIC] = _flags.MODE_TEXT[mode]
     paths = [str(BOOTSTRAP_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
@@ -69,28 +85,49 @@ def bootstrap() -> None:
 
     Seeding (unless ``TORCHREPRO_NO_SEED=1``), then the step tracer (``TORCHREPRO_TRACE``)
     and the recorder (``TORCHREPRO_RECORD``), in that order so that the tracer stops at the
-    end of its step before the recorder digests the parameters.
+    end of its step before the recorder digests the parameters. Each is imported only when
+    asked for: a spawned DataLoader worker imports what seeding needs and nothing more.
     """
-    if os.environ.get(NO_SEED_ENV) != "1":
-        text = os.environ.get(DETERMINISTIC_ENV, "")
-        seed_everything(None, deterministic=_TEXT_MODE.get(text, text))
-    start_trace_from_env()
-    start_from_env()
+    if os.environ.get(_contract.NO_SEED) != "1":
+        from torchrepro.seeding import seed_everything
+
+        mode = _flags.mode_from_text(os.environ.get(_contract.DETERMINISTIC, ""))
+        seed_everything(None, deterministic=mode)
+    if os.environ.get(_contract.TRACE):
+        from torchrepro.localize import start_trace_from_env
+
+        start_trace_from_env()
+    if os.environ.get(_contract.RECORD):
+        from torchrepro.record import start_from_env
+
+        start_from_env()
 
 
 def run_command(
-    command: Sequence[str], seed: SeedLike, deterministic: bool | str | None = None
+    command: Sequence[str], seed: SeedLike | None, deterministic: bool | str | None = None
 ) -> int:
     """Runs ``command`` under torchrepro seeding and returns its exit status.
 
     A command killed by a signal returns 128 + the signal number, as shells report it.
     Ctrl-C reaches the command (same process group); this waits for it to finish.
+
+    Args:
+        command: The command and its arguments.
+        seed: The root seed; ``None``: ``TORCHREPRO_SEED``, else a fresh one (logged).
+        deterministic: As for :func:`child_environment`.
+
+    Raises:
+        RunError: The command cannot be started.
+
+    Example:
+        >>> run_command([sys.executable, "-c", "raise SystemExit(3)"], seed=7)
+        3
     """
-    env = child_environment(seed, deterministic)
+    env = child_environment(resolve_root(seed), deterministic)
     try:
         process = subprocess.Popen(list(command), env=env)
     except OSError as error:
-        raise TorchReproError(
+        raise RunError(
             f"cannot start {command[0]!r}: {error.strerror}; expected an executable command, "
             "e.g. `torchrepro run -- python train.py`."
         ) from None

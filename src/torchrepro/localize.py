@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from torchrepro.errors import RecordError
-from torchrepro.fingerprint import _digest_tensors
+from torchrepro.digests import _digest_tensors
 
 TRACE_ENV = "TORCHREPRO_TRACE"
 TRACE_STEP_ENV = "TORCHREPRO_TRACE_STEP"

@@ -49,7 +49,7 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import distributed
 from torchrepro.env import environment
 from torchrepro.errors import RecordError
-from torchrepro.fingerprint import _digest_tensors, _PendingDigests, fingerprint
+from torchrepro.digests import _digest_tensors, _PendingDigests, fingerprint
 
 __all__ = [
     "FORMAT",

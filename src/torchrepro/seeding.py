@@ -5,19 +5,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from torchrepro import data, determinism, distributed
-from torchrepro._derive import SeedLike, derive_seed, normalize_seed
+from torchrepro import _contract
+from torchrepro._derive import (
+    SeedLike,
+    derive_seed,
+    fresh_seed,
+    hash_seed_for,
+    resolve_root,
+    root_seed_from_env,
+)
+from torchrepro._flags import check_mode
 from torchrepro._sources import capture_all, restore_all, seed_all, seed_generator
 
 log = logging.getLogger("torchrepro")
-
-SEED_ENV = data.SEED_ENV
 
 _root: int | None = None
 _said: set[str] = set()
@@ -39,26 +45,9 @@ def resolve_seed(seed: SeedLike | None) -> int:
         >>> resolve_seed("experiment-1") == resolve_seed("experiment-1")
         True
     """
-    if seed is not None:
-        return normalize_seed(seed)
-    if os.environ.get(SEED_ENV) is not None:
-        return data.root_seed_from_env()
-    if distributed.is_distributed():
-        return distributed.broadcast_seed(_fresh_seed)
-    return _fresh_seed()
-
-
-def _fresh_seed() -> int:
-    fresh = secrets.randbelow(2**32)
-    log.warning(
-        "torchrepro: no seed given; using seed %d. Repeat this run with "
-        "seed_everything(%d) or %s=%d.",
-        fresh,
-        fresh,
-        SEED_ENV,
-        fresh,
-    )
-    return fresh
+    if seed is None and os.environ.get(_contract.SEED) is None and distributed.is_distributed():
+        return distributed.broadcast_seed(fresh_seed)
+    return resolve_root(seed)
 
 
 _exported_hash_seed: str | None = None
@@ -71,14 +60,9 @@ def _export_hash_seed(root: int) -> None:
     for an earlier root is replaced, so children follow the latest ``seed_everything``.
     """
     global _exported_hash_seed
-    if os.environ.get(determinism.HASH_SEED_ENV) in (None, _exported_hash_seed):
+    if os.environ.get(_contract.HASH_SEED) in (None, _exported_hash_seed):
         _exported_hash_seed = str(hash_seed_for(root))
-        os.environ[determinism.HASH_SEED_ENV] = _exported_hash_seed
-
-
-def hash_seed_for(root: int) -> int:
-    """The ``PYTHONHASHSEED`` torchrepro uses for a root seed (Python takes [0, 2**32))."""
-    return derive_seed(root, "pythonhash") % 2**32
+        os.environ[_contract.HASH_SEED] = _exported_hash_seed
 
 
 def seed_everything(
@@ -121,12 +105,12 @@ def seed_everything(
         >>> seed_everything(11)
         11
     """
-    mode = None if deterministic is None else determinism.check_mode(deterministic)
+    mode = None if deterministic is None else check_mode(deterministic)
     root = resolve_seed(seed)
 
     global _root
     _root = root
-    os.environ[SEED_ENV] = str(root)
+    os.environ[_contract.SEED] = str(root)
     _export_hash_seed(root)
     if determinism.string_hashing_randomized():
         _say_once(
@@ -157,8 +141,14 @@ def root_seed() -> int:
 
     Raises:
         SeedError: No seed was set in either way.
+
+    Example:
+        >>> seed_everything(11)
+        11
+        >>> root_seed()
+        11
     """
-    return _root if _root is not None else data.root_seed_from_env()
+    return _root if _root is not None else root_seed_from_env()
 
 
 def numpy_generator(*keys: SeedLike) -> np.random.Generator:
@@ -166,7 +156,9 @@ def numpy_generator(*keys: SeedLike) -> np.random.Generator:
 
     Example:
         >>> seed_everything(11)
-        >>> rng = numpy_generator("augment")
+        11
+        >>> numpy_generator("augment").integers(100) == numpy_generator("augment").integers(100)
+        True
     """
     return np.random.default_rng(derive_seed(root_seed(), "numpy", *keys))
 
@@ -176,7 +168,10 @@ def torch_generator(*keys: SeedLike, device: str | torch.device = "cpu") -> torc
 
     Example:
         >>> seed_everything(11)
-        >>> noise = torch.randn(3, generator=torch_generator("noise"))
+        11
+        >>> a = torch.randn(3, generator=torch_generator("noise"))
+        >>> torch.equal(a, torch.randn(3, generator=torch_generator("noise")))
+        True
     """
     return seed_generator(torch.Generator(device=device), derive_seed(root_seed(), "torch", *keys))
 
@@ -190,8 +185,11 @@ def isolate_rng() -> Iterator[None]:
     seeding. Blocks nest.
 
     Example:
+        >>> before = torch.get_rng_state()
         >>> with isolate_rng():
-        ...     evaluate(model)        # draws nothing the training will notice
+        ...     _ = torch.randn(5)     # an evaluation pass, say: the training never notices
+        >>> torch.equal(before, torch.get_rng_state())
+        True
     """
     global _root
     states = capture_all()

@@ -23,7 +23,9 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 
-from torchrepro import determinism, seeding
+from torchrepro import seeding
+from torchrepro._flags import check_mode
+from torchrepro.launch import child_environment
 from torchrepro._derive import SeedLike, normalize_seed
 from torchrepro.errors import TorchReproError
 
@@ -64,11 +66,9 @@ def _run_all(
     fn: Callable[[], Any], runs: int, seed: int, deterministic: bool | str | None
 ) -> list[Any]:
     context = multiprocessing.get_context("spawn")
-    env = {
-        seeding.SEED_ENV: str(seed),
-        # Fixed before the interpreter starts, so set and dict-of-str order repeats too.
-        determinism.HASH_SEED_ENV: str(seeding.hash_seed_for(seed)),
-    }
+    # The seed, and the hash seed fixed before each interpreter starts (so set and
+    # dict-of-str order repeats too); the processes seed themselves in _run_seeded.
+    env = child_environment(seed, base={}, bootstrap=False)
     processes = []
     with _environ(env):
         for _ in range(runs):
@@ -241,7 +241,7 @@ def assert_reproducible(
             "level (or pass functools.partial of a module-level function)."
         ) from error
     if deterministic is not None:
-        determinism.check_mode(deterministic)
+        check_mode(deterministic)
     root = normalize_seed(seed) if seed is not None else seeding.resolve_seed(None)
     results = _run_all(fn, runs, root, deterministic)
     for index, result in enumerate(results[1:], start=2):

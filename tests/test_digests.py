@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torchrepro.digests import LANES, XXH3, Digest, _digest_tensors, fingerprint
 from torchrepro.errors import FingerprintError, TorchReproError
-from torchrepro.fingerprint import LANES, XXH3, Digest, _digest_tensors, fingerprint
 
 CASES: dict[str, Callable[[], torch.Tensor]] = {
     "float32": lambda: torch.tensor([0.0, -0.0, 1.5, float("nan"), float("inf")]),
