@@ -11,6 +11,7 @@ from __future__ import annotations
 from torchrepro._derive import derive_seed
 from torchrepro.check import CheckReport, check_reproducible
 from torchrepro.compare import RecordDiff, diff_records
+from torchrepro.cost import CostReport, determinism_cost
 from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
 from torchrepro.determinism import (
     DeterminismStatus,
@@ -19,8 +20,6 @@ from torchrepro.determinism import (
     enable_determinism,
 )
 from torchrepro.detops import (
-    CostReport,
-    determinism_cost,
     deterministic_ops,
     patch_nondeterministic_ops,
     unpatch_nondeterministic_ops,
