@@ -4,7 +4,7 @@ Runs on the CPU, and on CUDA when a device is present:
 
     PYTHONPATH=src python benchmarks/detops.py [--steps 20] [--batch 32]
 
-For each device it prints `torchrepro.detops.determinism_cost` for the model of FIELD.md
+For each device it prints `torchrepro.cost.determinism_cost` for the model of FIELD.md
 (conv + `index_add_` messages + bilinear upsample + reflection pad + adaptive avg pool):
 time per step and throughput relative to PyTorch's defaults for "recipe", "strict" (which
 raises on CUDA: reported) and "torchrepro", and whether two runs repeated bitwise. Then it
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from torchrepro import detops
+from torchrepro import cost, detops
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeat: int = 20) -> float:
@@ -75,8 +75,8 @@ def main() -> None:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     for device in devices:
-        model, batch, loss_fn = detops.example_workload(device, batch_size=args.batch)
-        print(detops.determinism_cost(model, batch, loss_fn, steps=args.steps).render())
+        model, batch, loss_fn = cost.example_workload(device, batch_size=args.batch)
+        print(cost.determinism_cost(model, batch, loss_fn, steps=args.steps).render())
         print()
         _ops(device)
         print()

@@ -81,7 +81,7 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from torchrepro.detops import cost_from_spec
+    from torchrepro.cost import cost_from_spec
 
     print(cost_from_spec(args.spec, steps=args.steps, device=args.device).render())
     return 0

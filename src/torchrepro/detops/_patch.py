@@ -1,23 +1,5 @@
-"""Determinism without errors or waste: deterministic op replacements and their cost.
-
-`torch.use_deterministic_algorithms(True)` raises on CUDA for ops with no deterministic
-kernel (adaptive average pooling backward, linear interpolation backward, reflection
-padding backward, NLL loss, cumsum, histc, weighted bincount, scatter_reduce 'prod').
-`patch_nondeterministic_ops()` swaps the Python entry points of those ops
-(`torch.nn.functional.*`, `torch.*`, `torch.Tensor.*`) for wrappers that route to a
-deterministic replacement computing the same function, so user code does not change.
-The wrappers route only where it is needed (a CUDA tensor while deterministic algorithms
-are on; for ops that raise only in backward, only when a gradient is wanted) and call the
-native op everywhere else. `force=True` routes every supported call, on any device, which
-is how the tests exercise the replacements on a CPU.
-
-`determinism_cost(model, batch, loss_fn)` times a few training steps under each setting,
-from PyTorch's defaults to torchrepro's deterministic mode, and says which setting the
-model needs to be repeatable.
-
-Covers only calls made through the module attributes at call time: code that bound
-`from torch.nn.functional import interpolate` before patching keeps the native op.
-"""
+"""Routing and patching: wrappers that send a patched entry point to its replacement only
+where it is needed, and the patch life cycle that installs and removes them."""
 
 from __future__ import annotations
 
@@ -29,55 +11,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from torchrepro._detops_impl import (
+from torchrepro.detops._losses import cross_entropy, nll_loss
+from torchrepro.detops._pooling import (
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
     adaptive_avg_pool3d,
     avg_pool1d,
     avg_pool2d,
     avg_pool3d,
-    bincount,
-    cross_entropy,
-    cumsum,
-    histc,
-    interpolate,
-    interpolate_supported,
-    nll_loss,
-    pad,
-    scatter_reduce,
 )
+from torchrepro.detops._resample import interpolate, interpolate_supported
+from torchrepro.detops._resample import pad as _pad_replacement
+from torchrepro.detops._scans import bincount, cumsum, histc, scatter_reduce
 from torchrepro.errors import DeterminismError
 
-__all__ = [
-    "CostReport",
-    "SettingCost",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "bincount",
-    "cost_from_spec",
-    "cross_entropy",
-    "cumsum",
-    "determinism_cost",
-    "deterministic_ops",
-    "example_workload",
-    "histc",
-    "interpolate",
-    "nll_loss",
-    "pad",
-    "patch_nondeterministic_ops",
-    "patched_ops",
-    "scatter_reduce",
-    "unpatch_nondeterministic_ops",
-]
-
-
 _LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
-
-# --------------------------------------------------------------------------- routing
 
 _force = False
 
@@ -189,9 +137,6 @@ def _pad_entry(
     ):
         return _pad_replacement(input, pad, mode)
     return _NATIVE["F.pad"](input, pad, mode, value)  # type: ignore[no-any-return]
-
-
-_pad_replacement = pad
 
 
 def _nll_loss_entry(
@@ -406,7 +351,15 @@ def unpatch_nondeterministic_ops() -> list[str]:
 
 
 def forced() -> bool:
-    """Whether the patch routes every supported call, on any device (``force=True``)."""
+    """Whether the patch routes every supported call, on any device (``force=True``).
+
+    Example:
+        >>> with deterministic_ops(force=True):
+        ...     forced()
+        True
+        >>> forced()
+        False
+    """
     return _force
 
 
@@ -444,15 +397,3 @@ def deterministic_ops(*, force: bool = False) -> Iterator[list[str]]:
                 patch_nondeterministic_ops(force=was_forced)
             else:
                 unpatch_nondeterministic_ops()
-
-
-# --------------------------------------------------------------------------- cost report
-
-# The cost report uses the patch API above; it imports this module lazily, so no cycle.
-from torchrepro._detops_cost import (  # noqa: E402
-    CostReport,
-    SettingCost,
-    cost_from_spec,
-    determinism_cost,
-    example_workload,
-)

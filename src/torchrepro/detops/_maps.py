@@ -1,8 +1,8 @@
-"""Constant per-axis maps behind the deterministic op replacements in `detops`.
+"""Constant per-axis maps behind the deterministic op replacements.
 
 Pooling and interpolation act on each spatial axis independently, so each is a product of
 small constant matrices, one per axis (`adaptive_avg_pool2d(x) == P_h @ x @ P_w.T`). This
-module builds those matrices and index vectors on the CPU; `detops` moves them to the
+module builds those matrices and index vectors on the CPU; `_axis` moves them to the
 device and caches them. Nothing here depends on the rest of torchrepro.
 
 The index arithmetic follows ATen's kernels (`AdaptivePooling.h`, `Pool.h`,

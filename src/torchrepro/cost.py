@@ -1,6 +1,9 @@
 """What determinism costs a model: throughput under each setting, and which one it needs.
 
-Public names are re-exported by `torchrepro.detops`; see `determinism_cost` there.
+`determinism_cost(model, batch, loss_fn)` times a few training steps under each setting,
+from PyTorch's defaults to torchrepro's deterministic mode (strict mode with the op
+replacements of `torchrepro.detops`), and says which setting the model needs to be
+repeatable. `torchrepro cost [module:function]` prints that report (`cost_from_spec`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 import torch.utils.deterministic
 from torch import nn
 
+from torchrepro import detops
+from torchrepro._cost_workload import example_workload
 from torchrepro.errors import DeterminismError
+
+__all__ = ["CostReport", "SettingCost", "cost_from_spec", "determinism_cost", "example_workload"]
 
 Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
 LossFn = Callable[..., torch.Tensor]
@@ -112,8 +118,6 @@ class _Flags:
 
     @classmethod
     def capture(cls) -> _Flags:
-        from torchrepro import detops
-
         return cls(
             torch.backends.cudnn.deterministic,
             torch.backends.cudnn.benchmark,
@@ -121,12 +125,10 @@ class _Flags:
             torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
             bool(detops.patched_ops()),
-            detops._force,
+            detops.forced(),
         )
 
     def apply(self) -> None:
-        from torchrepro import detops
-
         torch.backends.cudnn.deterministic = self.cudnn_deterministic
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.use_deterministic_algorithms(self.deterministic_algorithms, warn_only=self.warn_only)
@@ -358,53 +360,6 @@ def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
-
-
-class _FieldModel(nn.Module):
-    """FIELD.md's model: conv, `index_add_` messages, bilinear upsample, adaptive avg pool."""
-
-    def __init__(self, channels: int = 16, classes: int = 10, edges: int = 512) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect")
-        self.pool = nn.AdaptiveAvgPool2d(5)
-        self.head = nn.Linear(channels * 25, classes)
-        generator = torch.Generator().manual_seed(0)
-        self.src: torch.Tensor
-        self.dst: torch.Tensor
-        self.register_buffer("src", torch.randint(0, 256, (edges,), generator=generator))
-        self.register_buffer("dst", torch.randint(0, 256, (edges,), generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv1(x))  # (N, C, 16, 16): 256 nodes per image
-        nodes = h.flatten(2)
-        messages = torch.zeros_like(nodes).index_add_(2, self.dst, nodes.index_select(2, self.src))
-        h = h + messages.view_as(h)
-        h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
-        h = torch.relu(self.conv2(h))
-        return self.head(self.pool(h).flatten(1))  # type: ignore[no-any-return]
-
-
-def example_workload(
-    device: str | torch.device = "cpu", batch_size: int = 8
-) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], LossFn]:
-    """FIELD.md's irreproducible-on-CUDA model with a batch and a loss, for cost reports.
-
-    Conv, `index_add_` message passing, bilinear upsampling, reflection padding and
-    adaptive average pooling, on 16x16 images; built from a fixed seed without touching
-    the global RNG.
-
-    Example:
-        >>> model, (x, y), loss_fn = example_workload()
-        >>> loss_fn(model(x), y).shape
-        torch.Size([])
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = _FieldModel().to(device)
-        x = torch.randn(batch_size, 3, 16, 16).to(device)
-        y = torch.randint(0, 10, (batch_size,)).to(device)
-    return model, (x, y), F.cross_entropy
 
 
 def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cpu") -> CostReport:
