@@ -79,7 +79,34 @@ _MOVED = {
     "verify_replicas": "torchrepro.distributed",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "TorchReproError",
+    "capture_rng",
+    "check_reproducible",
+    "derive_seed",
+    "determinism_status",
+    "deterministic",
+    "enable_determinism",
+    "fingerprint",
+    "isolate_rng",
+    "load_checkpoint",
+    "load_state_dict",
+    "log",
+    "numpy_generator",
+    "record",
+    "register_generator",
+    "restore_rng",
+    "sample_rng",
+    "save_checkpoint",
+    "seed_everything",
+    "seed_per_sample",
+    "seed_worker",
+    "split_streams",
+    "state_dict",
+    "torch_generator",
+    "worker_init_fn",
+]
+assert __all__ == sorted(_PUBLIC), "one module owns each public name"
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import operator
 import os
-import secrets
 
 from torchrepro import _contract
 from torchrepro.errors import SeedError
@@ -203,6 +202,8 @@ def root_seed_from_env() -> int:
 
 def fresh_seed() -> int:
     """A new 32-bit seed (easy to copy), logged once with how to repeat the run."""
+    import secrets  # here, not at the top: hmac's import costs every start-up otherwise
+
     fresh = secrets.randbelow(2**32)
     log.warning(
         "torchrepro: no seed given; using seed %d. Repeat this run with "

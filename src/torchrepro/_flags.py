@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Union, cast
+from typing import Literal, Union
 
 from torchrepro.errors import DeterminismError
 
@@ -63,7 +63,7 @@ def check_mode(mode: object) -> Mode:
         'warn'
     """
     if mode is True or mode is False or mode == "warn":
-        return cast(Mode, mode)
+        return mode
     raise DeterminismError(
         f"deterministic must be True, False, None or 'warn'; got {mode!r}. "
         "Pass True for strict deterministic algorithms, 'warn' to only warn."

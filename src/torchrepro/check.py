@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from torchrepro import localize as loc
-from torchrepro._derive import SeedLike
-from torchrepro.compare import EnvDifference, differing_values, environment_differences
+from torchrepro._contract import NO_SEED as NO_SEED_ENV
 from torchrepro._contract import REPLICA_EVERY as REPLICA_EVERY_ENV
+from torchrepro._derive import SeedLike
+from torchrepro._derive import resolve_root as resolve_seed
+from torchrepro.compare import EnvDifference, differing_values, environment_differences
 from torchrepro.errors import CheckError, RecordError
-from torchrepro.launch import NO_SEED_ENV, child_environment
+from torchrepro.launch import child_environment
 from torchrepro.record import FORMAT
-from torchrepro.seeding import resolve_seed
 
 IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
 EXIT_CODES = {IDENTICAL: 0, DIVERGED: 1, FAILED: 3}

@@ -24,11 +24,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
 
-from torchrepro import _contract, _flags, detops
+from torchrepro import _contract, _flags
 from torchrepro._flags import Mode, check_mode
 from torchrepro.errors import DeterminismError
 
@@ -88,11 +89,25 @@ def _set_cudnn_benchmark(value: bool) -> None:
     torch.backends.cudnn.benchmark = value
 
 
+def _detops() -> ModuleType | None:
+    # The replacements are imported when first asked for: until then none is patched, and
+    # a process that never switches determinism on (a DataLoader worker) never loads them.
+    return sys.modules.get("torchrepro.detops")
+
+
+def _replaced() -> bool:
+    detops = _detops()
+    return detops is not None and bool(detops.patched_ops())
+
+
 def _replacements() -> tuple[bool, bool]:
-    return bool(detops.patched_ops()), detops.forced()
+    detops = _detops()
+    return (False, False) if detops is None else (bool(detops.patched_ops()), detops.forced())
 
 
 def _set_replacements(value: tuple[bool, bool]) -> None:
+    from torchrepro import detops
+
     patched, force = value
     if patched:
         detops.patch_nondeterministic_ops(force=force)
@@ -141,7 +156,7 @@ _SETTINGS: dict[str, _Setting] = {
     _flags.WARN_ONLY: _Setting(torch.is_deterministic_algorithms_warn_only_enabled, _set_warn_only),
     _flags.FILL_UNINITIALIZED_MEMORY: _Setting(_fill, _set_fill),
     _flags.REPLACED_OPS: _Setting(
-        lambda: bool(detops.patched_ops()), _set_replacements, _replacements
+        _replaced, _set_replacements, _replacements
     ),
     _flags.TF32_MATMUL: _Setting(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
     _flags.TF32_CUDNN: _Setting(lambda: bool(torch.backends.cudnn.allow_tf32)),
@@ -270,6 +285,8 @@ def enable_determinism(
     torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
     _set_fill(fill_uninitialized_memory)
     if replace_ops:
+        from torchrepro import detops
+
         detops.patch_nondeterministic_ops()
 
 

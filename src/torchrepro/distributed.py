@@ -58,7 +58,6 @@ from torchrepro import _contract
 from torchrepro._derive import derive_seed
 from torchrepro._sources import seed_all
 from torchrepro.errors import DistributedError, SeedError
-from torchrepro.digests import _digest_tensors
 
 __all__ = [
     "broadcast_seed",
@@ -340,6 +339,8 @@ class _Replicas:
         return result
 
     def _compare(self, step: int, named: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
+        from torchrepro.digests import _digest_tensors  # only ranks that compare need it
+
         digests = _digest_tensors([p for _, p in named], None).hexdigests()
         gathered: list[Any] = [None] * world_size()
         # Object all-gather: 32 hex characters per parameter, every N steps; it works on

@@ -27,8 +27,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from torchrepro.errors import RecordError
 from torchrepro.digests import _digest_tensors
+from torchrepro.errors import RecordError
 
 TRACE_ENV = "TORCHREPRO_TRACE"
 TRACE_STEP_ENV = "TORCHREPRO_TRACE_STEP"

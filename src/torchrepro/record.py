@@ -47,9 +47,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
 from torchrepro import distributed
+from torchrepro.digests import _digest_tensors, _PendingDigests, fingerprint
 from torchrepro.env import environment
 from torchrepro.errors import RecordError
-from torchrepro.digests import _digest_tensors, _PendingDigests, fingerprint
 
 __all__ = [
     "FORMAT",

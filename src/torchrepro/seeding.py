@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from torchrepro import data, determinism, distributed
-from torchrepro import _contract
+from torchrepro import _contract, data, determinism, distributed
 from torchrepro._derive import (
     SeedLike,
     derive_seed,

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from torchrepro import seeding
-from torchrepro._flags import check_mode
-from torchrepro.launch import child_environment
 from torchrepro._derive import SeedLike, normalize_seed
+from torchrepro._flags import check_mode
 from torchrepro.errors import TorchReproError
+from torchrepro.launch import child_environment
 
 T = TypeVar("T")
 
