@@ -21,9 +21,15 @@ collect_ignore = ["torchrepro/_bootstrap"]
 
 @pytest.fixture(autouse=True)
 def _doctest_sandbox(
-    doctest_namespace: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    doctest_namespace: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[None]:
-    doctest_namespace.update(torch=torch, np=np, torchrepro=torchrepro, os=os, sys=sys, Path=Path)
+    # ``item`` is the running doctest itself: the pytest plugin's examples take it.
+    doctest_namespace.update(
+        torch=torch, np=np, torchrepro=torchrepro, os=os, sys=sys, Path=Path, item=request.node
+    )
     monkeypatch.chdir(tmp_path)
     environ = dict(os.environ)
     with torchrepro.isolate_rng():

@@ -21,6 +21,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import torch._inductor.config  # noqa: F401
 
+# Scripts run as training commands by the tests; importing them as doctest modules would run them.
+collect_ignore = ["scripts"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))  # helper modules that tests and child processes import

@@ -128,8 +128,11 @@ def broadcast_seed(draw: Callable[[], int]) -> int:
         SeedError: The process group is not initialised yet, so the ranks cannot agree.
 
     Example:
-        >>> dist.init_process_group("gloo")
-        >>> seed = broadcast_seed(lambda: secrets.randbelow(2**32))
+        >>> url = "file://" + os.path.abspath("rendezvous")
+        >>> torch.distributed.init_process_group("gloo", init_method=url, rank=0, world_size=1)
+        >>> broadcast_seed(lambda: 1234)
+        1234
+        >>> torch.distributed.destroy_process_group()
     """
     if not _group_ready():
         raise SeedError(
@@ -212,8 +215,11 @@ def split_streams() -> int:
 
     Example:
         >>> torchrepro.seed_everything(11)
-        >>> model = build_model()          # identical on every rank
-        >>> torchrepro.split_streams()     # dropout differs per rank from here on
+        11
+        >>> model = torch.nn.Linear(4, 2)  # identical on every rank
+        >>> seed = torchrepro.split_streams()  # dropout differs per rank from here on
+        >>> seed == torchrepro.derive_seed(11, "rank", rank())
+        True
     """
     if _config is None:
         raise SeedError(
@@ -385,7 +391,7 @@ def verify_replicas(every: int = _DEFAULT_EVERY) -> None:
         DistributedError: ``every`` is not a non-negative int.
 
     Example:
-        >>> torchrepro.verify_replicas(every=10)
+        >>> verify_replicas(every=10)
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise DistributedError(

@@ -5,7 +5,7 @@ Exit status of every verb: 0 success, 1 a finding (runs diverged), 2 a usage err
 3 a run failed, 130 interrupted (Ctrl-C).
 
 Example:
-    >>> SeedError("bad seed").exit_code
+    >>> int(SeedError("bad seed").exit_code)
     2
     >>> isinstance(SeedError("bad seed"), ValueError)
     True

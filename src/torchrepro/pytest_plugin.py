@@ -153,7 +153,7 @@ def item_seed(item: pytest.Item) -> int:
     """The seed of one test: ``derive_seed(base_seed, "test", item.nodeid)``.
 
     Example:
-        >>> item_seed(item) == derive_seed(1, "test", item.nodeid)  # --torchrepro-seed=1
+        >>> item_seed(item) == int(os.environ["TORCHREPRO_SEED"])  # item: this doctest
         True
     """
     if _test_seed_key not in item.stash:
@@ -200,8 +200,8 @@ def replay_command(item: pytest.Item) -> str:
     """The shell command that reruns ``item`` with this session's seed.
 
     Example:
-        >>> replay_command(item)
-        "pytest 'tests/test_model.py::test_dropout' --torchrepro-seed=1234"
+        >>> print(replay_command(item))  # doctest: +ELLIPSIS
+        pytest src/torchrepro/pytest_plugin.py::torchrepro.pytest_plugin.replay_command --torchrepro-seed=...
     """
     seed = item.config.stash[_base_seed_key]
     command = f"pytest {shlex.quote(item.nodeid)} {OPTION}={seed}"

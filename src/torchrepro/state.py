@@ -12,12 +12,20 @@ saved run did, then ``load_state_dict``, then iterate. (Loaders created after
 loader before it.)
 
 Example:
+    >>> torchrepro.seed_everything(11)
+    11
+    >>> model = torch.nn.Linear(4, 2)
     >>> checkpoint = {"model": model.state_dict(), "torchrepro": torchrepro.state_dict()}
     >>> torchrepro.save_checkpoint("ckpt.pt", checkpoint)
+    PosixPath('ckpt.pt')
+    >>> after_save = torch.rand(3)
     >>> # ... later, in a new process, after seed_everything and creating the loaders:
     >>> checkpoint = torchrepro.load_checkpoint("ckpt.pt")
     >>> model.load_state_dict(checkpoint["model"])
+    <All keys matched successfully>
     >>> torchrepro.load_state_dict(checkpoint["torchrepro"])
+    >>> torch.equal(torch.rand(3), after_save)
+    True
 """
 
 from __future__ import annotations
@@ -162,7 +170,8 @@ class RNGState:
         """The state as a dict that ``torch.load(..., weights_only=True)`` reads back.
 
         Example:
-            >>> torch.save(capture_rng().state_dict(), "rng.pt")
+            >>> sorted(capture_rng().state_dict())
+            ['checksum', 'format', 'sources', 'version']
         """
         body = {"format": RNG_FORMAT, "version": SCHEMA_VERSION, "sources": dict(self.sources)}
         return _seal(body)
@@ -175,7 +184,10 @@ class RNGState:
             StateError: Another format, an unknown version, or a failed checksum.
 
         Example:
+            >>> torch.save(capture_rng().state_dict(), "rng.pt")
             >>> state = RNGState.from_state_dict(torch.load("rng.pt", weights_only=True))
+            >>> state == capture_rng()
+            True
         """
         opened = _open(state, RNG_FORMAT)
         sources = opened.get("sources")
@@ -246,7 +258,11 @@ def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
         StateError: A part does not fit this process; nothing was changed.
 
     Example:
-        >>> restore_rng(load_rng("rng.pt"))
+        >>> state = capture_rng()
+        >>> first = torch.rand(3)
+        >>> restore_rng(state, skip=("numpy",))
+        >>> torch.equal(torch.rand(3), first)
+        True
     """
     _apply(_plan(state, skip))
 
@@ -289,7 +305,9 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
         The state saved.
 
     Example:
-        >>> save_rng("rng.pt")
+        >>> state = save_rng("rng.pt")
+        >>> load_rng("rng.pt") == state
+        True
     """
     state = capture_rng() if state is None else state
     atomic_write_bytes(path, _serialize(state.state_dict()))
@@ -304,7 +322,11 @@ def load_rng(path: PathLike) -> RNGState:
             or has another schema version.
 
     Example:
+        >>> _ = save_rng("rng.pt")
+        >>> first = torch.rand(3)
         >>> restore_rng(load_rng("rng.pt"))
+        >>> torch.equal(torch.rand(3), first)
+        True
     """
     return RNGState.from_state_dict(_load_plain(path))
 
@@ -365,7 +387,10 @@ def state_dict() -> dict[str, Any]:
         SeedError: No root seed was set (call ``seed_everything`` first).
 
     Example:
-        >>> checkpoint = {"model": model.state_dict(), "torchrepro": torchrepro.state_dict()}
+        >>> torchrepro.seed_everything(11)
+        11
+        >>> sorted(state_dict())
+        ['checksum', 'distributed', 'format', 'loaders', 'rng', 'seed', 'version']
     """
     body = {
         "format": STATE_FORMAT,
@@ -466,7 +491,13 @@ def load_state_dict(
             process's generators or loaders; nothing was changed.
 
     Example:
-        >>> torchrepro.load_state_dict(load_checkpoint("ckpt.pt")["torchrepro"])
+        >>> torchrepro.seed_everything(11)
+        11
+        >>> saved = state_dict()
+        >>> first = torch.rand(3)
+        >>> load_state_dict(saved)
+        >>> torch.equal(torch.rand(3), first)
+        True
     """
     opened = _open(state, STATE_FORMAT)
     saved_seed = opened.get("seed")
@@ -504,7 +535,10 @@ def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
         The path written.
 
     Example:
-        >>> save_checkpoint("ckpt.pt", {"model": model.state_dict(), "torchrepro": state_dict()})
+        >>> save_checkpoint("ckpt.pt", {"model": torch.nn.Linear(4, 2).state_dict(), "step": 10})
+        PosixPath('ckpt.pt')
+        >>> load_checkpoint("ckpt.pt")["step"]
+        10
     """
     return atomic_write_bytes(path, _serialize(checkpoint))
 
@@ -516,6 +550,7 @@ def load_checkpoint(path: PathLike) -> Any:
         StateError: The file holds a pickle of arbitrary objects, or is truncated or damaged.
 
     Example:
+        >>> _ = save_checkpoint("ckpt.pt", {"step": 10, "weights": torch.ones(2)})
         >>> checkpoint = load_checkpoint("ckpt.pt")
     """
     return _load_plain(path)

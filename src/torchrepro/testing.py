@@ -1,11 +1,12 @@
 """Test helpers: prove that a function gives bitwise the same result in fresh processes.
 
 Example:
+    >>> import functools
     >>> from torchrepro.testing import assert_reproducible
-    >>> def train():                       # at module level: it is sent to other processes
-    ...     model = torch.nn.Linear(4, 2)
-    ...     return model(torch.randn(8, 4))
-    >>> out = assert_reproducible(train)   # raises AssertionError if two runs differ
+    >>> # fn is sent to fresh processes by name: a module-level function, or a partial of one
+    >>> out = assert_reproducible(functools.partial(torch.randn, 8, 4), seed=11)
+    >>> out.shape                           # AssertionError had two runs differed
+    torch.Size([8, 4])
 """
 
 from __future__ import annotations
@@ -226,7 +227,9 @@ def assert_reproducible(
             traceback is in the message), or a result cannot be compared.
 
     Example:
-        >>> out = assert_reproducible(train, runs=3, seed=11)
+        >>> import functools
+        >>> assert_reproducible(functools.partial(torch.rand, 2), runs=3, seed=11).shape
+        torch.Size([2])
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
         raise TorchReproError(
