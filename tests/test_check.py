@@ -252,3 +252,11 @@ def test_an_rng_state_that_differs_while_parameters_match_is_the_first_differing
     assert report.divergence.keys == ("rng.python",)  # parameters and gradients still match
     assert any("an RNG state differs" in cause for cause in report.causes)
 
+
+@pytest.mark.parametrize("no_seed", [True, False], ids=["no-seed", "seeded"])
+def test_a_run_whose_interpreter_salts_str_hashing_is_told_so(no_seed: bool) -> None:
+    # `env` salts the run's own interpreter, even where check's seeding sets PYTHONHASHSEED.
+    salted = ["env", "PYTHONHASHSEED=random", *KINDS]
+    report = check_planted("set-order", salted, seed=3, no_seed=no_seed)
+    assert report.divergence is not None and report.divergence.section == "batch"
+    assert any("str hashing" in cause for cause in report.causes), report.causes
