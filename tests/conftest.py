@@ -75,8 +75,6 @@ def run_recorded(
     return finish(start_recorded(record, script, **env))
 
 
-
-
 def child_env(**extra: str) -> dict[str, str]:
     """An environment for a child Python that imports this checkout's torchrepro."""
     env = dict(os.environ)
@@ -90,3 +88,5 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+# Two real ranks on the CPU (gloo), as the distributed tests launch them.
+TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

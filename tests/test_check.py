@@ -6,14 +6,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro.check import CheckError, check, check_reproducible
+from torchrepro.check import CheckError, CheckReport, check, check_reproducible
 from torchrepro.cli import main
 
 SCRIPT = [PYTHON, str(SCRIPTS / "check_train.py")]
+KINDS = [PYTHON, str(SCRIPTS / "check_kinds.py")]
 
 
 def torchrepro_check(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -197,3 +199,64 @@ def test_check_reproducible_runs_a_function_in_fresh_processes(
 def test_check_reproducible_refuses_a_function_no_process_can_import() -> None:
     with pytest.raises(CheckError, match="cannot be imported"):
         check_reproducible(lambda: None)
+
+
+# ---------------------------------------------------------------- one test per verdict kind
+
+
+def check_planted(plant: str, command: list[str] = KINDS, **options: Any) -> CheckReport:
+    """check on check_kinds.py with PLANT set in every run (and this checkout importable)."""
+    env = {"PYTHONPATH": child_env()["PYTHONPATH"], "PLANT": plant}
+    return check(command, env=env, **options)
+
+
+def test_an_op_giving_a_different_output_from_identical_inputs_is_named_with_its_module() -> None:
+    report = check_planted("op", seed=3)
+    assert report.verdict == "diverged"
+    assert report.divergence is not None and report.divergence.step == 1
+    assert report.divergence.section == "grads"
+    where = report.localization
+    assert where is not None and where.kind == "op"
+    assert (where.module, where.op, where.phase) == (
+        "mixer",
+        "torchrepro_tests.noisy.default",
+        "forward",
+    )
+    assert (
+        "first differing module: mixer (forward): torchrepro_tests.noisy.default gave a "
+        "different output from identical inputs"
+    ) in report.render()
+
+
+def test_values_made_outside_torchs_ops_are_named_as_inputs_of_the_module_they_reach() -> None:
+    report = check_planted("input", seed=3)
+    assert report.divergence is not None and report.divergence.step == 1
+    where = report.localization
+    assert where is not None and where.kind == "input"
+    assert (where.module, where.phase) == ("mixer", "forward")
+    assert any("values made outside torch's ops reach mixer" in cause for cause in report.causes)
+
+
+def test_a_batch_that_differs_at_step_0_is_the_first_differing_record() -> None:
+    report = check_planted("batch", seed=3)
+    assert report.divergence is not None and report.divergence.step == 0
+    assert report.divergence.section == "batch"
+    assert report.localization is None  # a difference in the data is not replayed
+    assert any("the data differs before the model sees it" in c for c in report.causes)
+
+
+def test_an_rng_state_that_differs_while_parameters_match_is_the_first_differing_record() -> None:
+    report = check_planted("rng", seed=3)
+    assert report.divergence is not None and report.divergence.step == 0
+    assert report.divergence.section == "rng"
+    assert report.divergence.keys == ("rng.python",)  # parameters and gradients still match
+    assert any("an RNG state differs" in cause for cause in report.causes)
+
+
+@pytest.mark.parametrize("no_seed", [True, False], ids=["no-seed", "seeded"])
+def test_a_run_whose_interpreter_salts_str_hashing_is_told_so(no_seed: bool) -> None:
+    # `env` salts the run's own interpreter, even where check's seeding sets PYTHONHASHSEED.
+    salted = ["env", "PYTHONHASHSEED=random", *KINDS]
+    report = check_planted("set-order", salted, seed=3, no_seed=no_seed)
+    assert report.divergence is not None and report.divergence.section == "batch"
+    assert any("str hashing" in cause for cause in report.causes), report.causes

@@ -8,7 +8,6 @@ import torch
 
 import torchrepro
 from conftest import PYTHON, child_env
-from torchrepro import determinism as det
 from torchrepro import determinism_status, deterministic, enable_determinism
 from torchrepro.cli import main
 from torchrepro.errors import DeterminismError
@@ -33,11 +32,31 @@ def test_the_nan_fill_stays_on_when_asked_for() -> None:
     assert torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
 
 
-def test_cublas_workspace_is_set_only_where_torch_uses_cublas() -> None:
+def test_cublas_workspace_is_set_only_where_this_torch_build_uses_cublas() -> None:
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     enable_determinism()
-    expected = det.CUBLAS_VALUE if det.cublas_needs_workspace_config() else None
+    # A CUDA build has CUDA compiled in and is not a ROCm (HIP) build, which uses hipBLAS.
+    uses_cublas = torch.backends.cuda.is_built() and torch.version.hip is None
+    expected = ":4096:8" if uses_cublas else None  # the value NVIDIA documents for cuBLAS
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == expected
+
+
+@pytest.mark.parametrize(
+    ("cuda", "hip", "expected"),
+    [("12.8", None, ":4096:8"), (None, "6.4", None), (None, None, None)],
+    ids=["cuda-build", "rocm-build", "cpu-build"],
+)
+def test_cublas_workspace_follows_the_build_torch_reports(
+    monkeypatch: pytest.MonkeyPatch, cuda: str | None, hip: str | None, expected: str | None
+) -> None:
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    enable_determinism(replace_ops=False)
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == expected
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"  # a value the user chose is kept
+    enable_determinism(replace_ops=False)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
 def test_deterministic_block_restores_flags_and_environment_even_on_error() -> None:

@@ -14,13 +14,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 import torchrepro
-from conftest import PYTHON, ROOT, SCRIPTS, child_env
+from conftest import PYTHON, ROOT, SCRIPTS, TORCHRUN, child_env
 from torchrepro import derive_seed
 from torchrepro.distributed import split_streams, streams_split, verify_replicas
 from torchrepro.errors import DistributedError, SeedError, StateError
 from torchrepro.records import read_record
 
-TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 STREAMS = str(SCRIPTS / "ddp_streams.py")
 EXAMPLE = str(ROOT / "examples" / "ddp.py")
 

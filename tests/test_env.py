@@ -9,6 +9,7 @@ import numpy
 import pytest
 import torch
 
+from conftest import PYTHON, child_env
 from torchrepro.cli import main
 from torchrepro.env import environment, flatten, format_environment
 
@@ -39,8 +40,22 @@ def test_manifest_follows_flags_and_relevant_environment_variables(
 
 
 def test_manifest_does_not_initialise_cuda() -> None:
-    environment()
-    assert not torch.cuda.is_initialized() or torch.cuda.is_available()
+    # A fresh interpreter: this one may have started CUDA in an earlier test. Every
+    # torch.cuda call that starts CUDA goes through torch.cuda._lazy_init; count those calls.
+    script = (
+        "import torch\n"
+        "calls = []\n"
+        "start = torch.cuda._lazy_init\n"
+        "torch.cuda._lazy_init = lambda: (calls.append(1), start())[1]\n"
+        "from torchrepro.env import environment\n"
+        "environment()\n"
+        "print(len(calls), torch.cuda.is_initialized())\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", script], env=child_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["0", "False"]
 
 
 def test_git_commit_is_recorded_inside_a_repository(tmp_path: os.PathLike[str]) -> None:

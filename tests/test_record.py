@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ import torch
 from torch import nn
 
 import torchrepro
-from conftest import run_recorded
+from conftest import BOOTSTRAP, PYTHON, SCRIPTS, TORCHRUN, child_env, run_recorded
 from torchrepro.digests import fingerprint
 from torchrepro.errors import RecordError
-from torchrepro.record import SCHEMA_VERSION, rank_path, read_record, start_from_env
+from torchrepro.record import SCHEMA_VERSION, read_record, start_from_env
 
 CNN_NAMES = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
 
@@ -158,9 +159,24 @@ def test_corrupt_records_raise_with_what_was_expected(tmp_path: Path) -> None:
         read_record(tmp_path / "missing.jsonl")
 
 
-def test_each_rank_writes_its_own_file() -> None:
-    assert rank_path("runs/a.jsonl", 1, 0) == Path("runs/a.jsonl")
-    assert rank_path("runs/a.jsonl", 2, 1) == Path("runs/a.rank1.jsonl")
+def test_each_torchrun_rank_writes_its_own_record(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    # Each rank starts the recorder from the environment, as the `torchrepro run` bootstrap
+    # does; the launcher itself never steps, so it writes nothing.
+    proc = subprocess.run(
+        [*TORCHRUN, "--no-python", PYTHON, "-c", BOOTSTRAP, str(SCRIPTS / "train_cnn.py")],
+        env=child_env(TORCHREPRO_RECORD=str(out), STEPS="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.rank0.jsonl", "run.rank1.jsonl"]
+    for rank in (0, 1):
+        rec = read_record(tmp_path / f"run.rank{rank}.jsonl")
+        assert (rec.header["rank"], rec.header["world_size"]) == (rank, 2)
+        assert (rec.env["rank"], rec.env["world_size"]) == (rank, 2)
+        assert [e["step"] for e in rec.entries] == [0, 1, 2]
 
 
 def test_world_size_from_the_environment_inserts_the_rank(
