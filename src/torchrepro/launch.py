@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from torchrepro import determinism
+from torchrepro import _contract, determinism
 from torchrepro._derive import SeedLike, normalize_seed
 from torchrepro.errors import TorchReproError
 from torchrepro.localize import start_trace_from_env
@@ -30,6 +30,22 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
 _MODE_TEXT: dict[bool | str | None, str] = {None: "", False: "0", True: "1", "warn": "warn"}
 _TEXT_MODE = {text: mode for mode, text in _MODE_TEXT.items()}
+
+
+def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (``os.environ`` by default) without what torchrepro sets.
+
+    Every ``TORCHREPRO_*`` variable and ``PYTHONHASHSEED`` are dropped, so that a command
+    started with this environment seeds only as its own code says (the demo's runs).
+
+    Example:
+        >>> clean_environment({"TORCHREPRO_SEED": "5", "PYTHONHASHSEED": "5", "HOME": "/root"})
+        {'HOME': '/root'}
+    """
+    env = dict(os.environ if base is None else base)
+    for name in (*_contract.SET_BY_TORCHREPRO, _contract.HASH_SEED):
+        env.pop(name, None)
+    return env
 
 
 def child_environment(
