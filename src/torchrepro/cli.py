@@ -274,7 +274,7 @@ def _demo(args: argparse.Namespace) -> int:
         report = run_demo(Scale.of(args.quick, args.epochs), args.out)
     except DemoRunError as error:
         print(f"torchrepro demo: {error}", file=sys.stderr)
-        return RUN_FAILED
+        return error.exit_code
     print(report.render())
     # A finding is torchrepro's own setup failing to repeat; the other setups are the
     # problem being shown, not a finding.
