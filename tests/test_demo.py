@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import struct
 import subprocess
@@ -90,9 +91,24 @@ def test_the_demo_writes_a_valid_png_of_the_accuracy_curves(quick: QuickDemo) ->
 def test_the_demo_ends_with_the_measured_verdict_on_torchrepro(quick: QuickDemo) -> None:
     after_table = quick.stdout.split("| 3 torchrepro")[1]
     assert "setup 3's two runs ended with bitwise-identical final parameters" in after_table
-    assert "$ torchrepro check -- python -m torchrepro.demo --worker torchrepro" in after_table
+    assert (
+        "$ torchrepro check --seed 11 --max-steps 120 -- "
+        "python -m torchrepro.demo --worker torchrepro --epochs 2 --train 512 --test 256"
+    ) in after_table
     compared = after_table.split("bitwise identical: 2 runs, ")[1].split(" steps compared")[0]
     assert int(compared) > 0
+
+
+def test_the_printed_check_command_repeats_the_check_when_pasted(quick: QuickDemo) -> None:
+    line = next(line for line in quick.stdout.splitlines() if line.startswith("$ torchrepro "))
+    argv = shlex.split(line.removeprefix("$ "))
+    dashes = argv.index("--")
+    assert argv[dashes + 1] == "python"
+    # `torchrepro` and `python` as this test's interpreter spells them; the rest as printed.
+    command = [PYTHON, "-m", *argv[: dashes + 1], PYTHON, *argv[dashes + 2 :]]
+    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == quick.stdout.split(line + "\n")[1].strip()
 
 
 def test_progress_is_shown_for_every_epoch_of_every_run(quick: QuickDemo) -> None:

@@ -95,6 +95,8 @@ class DemoReport:
         png: the accuracy plot, or None when it was not written.
         png_note: why there is no plot, when there is none.
         check: ``torchrepro check`` on setup 3 (None when it was not run).
+        check_command: the ``torchrepro check`` command line that repeats ``check``, as a
+            user would type it (None when there is none to show).
     """
 
     scale: Scale
@@ -103,6 +105,7 @@ class DemoReport:
     png: Path | None
     png_note: str | None
     check: CheckReport | None = None
+    check_command: str | None = None
 
     def setup(self, key: str) -> SetupResult:
         """The result of setup ``key`` ("none", "recipe" or "torchrepro")."""
@@ -197,6 +200,7 @@ def verdict(report: DemoReport) -> str:
     if report.check is None:
         lines.append("torchrepro check was not run")
     else:
-        command = "torchrepro check -- python -m torchrepro.demo --worker torchrepro"
-        lines += [f"$ {command}", report.check.render()]
+        if report.check_command is not None:
+            lines.append(f"$ {report.check_command}")
+        lines.append(report.check.render())
     return "\n".join(lines)

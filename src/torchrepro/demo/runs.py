@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,10 +62,11 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _worker_command(setup: str, scale: Scale) -> list[str]:
+def _worker_command(setup: str, scale: Scale, python: str | None = None) -> list[str]:
     return [
-        sys.executable, "-m", "torchrepro.demo", "--worker", setup, "--epochs",
-        str(scale.epochs), "--train", str(scale.train), "--test", str(scale.test),
+        sys.executable if python is None else python, "-m", "torchrepro.demo", "--worker",
+        setup, "--epochs", str(scale.epochs), "--train", str(scale.train), "--test",
+        str(scale.test),
     ]  # fmt: skip
 
 
@@ -73,6 +75,21 @@ def check_setup(scale: Scale, max_steps: int | None = CHECK_STEPS) -> CheckRepor
     return check(
         _worker_command("torchrepro", scale), seed=SEED, max_steps=max_steps, env=_child_env()
     )
+
+
+def check_command(scale: Scale, max_steps: int | None = CHECK_STEPS) -> str:
+    """The command line that repeats ``check_setup(scale, max_steps)``, for a user to paste.
+
+    Example:
+        >>> options, command = check_command(Scale.of(quick=True)).split(" -- ")
+        >>> options
+        'torchrepro check --seed 11 --max-steps 120'
+        >>> command
+        'python -m torchrepro.demo --worker torchrepro --epochs 2 --train 512 --test 256'
+    """
+    steps = [] if max_steps is None else ["--max-steps", str(max_steps)]
+    worker = _worker_command("torchrepro", scale, python="python")
+    return shlex.join(["torchrepro", "check", "--seed", str(SEED), *steps, "--", *worker])
 
 
 def _run_child(
@@ -188,4 +205,5 @@ def run_demo(
         png=None if note else path,
         png_note=note,
         check=check_setup(scale),
+        check_command=check_command(scale),
     )
