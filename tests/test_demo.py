@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import struct
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import torchrepro
 from conftest import PYTHON, child_env
-from torchrepro import demo
 from torchrepro.cli import main
+from torchrepro.demo import runs, workload
+from torchrepro.demo.plot import PNG_NAME, plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +46,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickDemo:
         text=True,
         timeout=300,
     )
-    return QuickDemo(result.returncode, result.stdout, result.stderr, out / demo.PNG_NAME)
+    return QuickDemo(result.returncode, result.stdout, result.stderr, out / PNG_NAME)
 
 
 def test_quick_demo_succeeds_with_one_row_per_setup(quick: QuickDemo) -> None:
@@ -88,9 +91,24 @@ def test_the_demo_writes_a_valid_png_of_the_accuracy_curves(quick: QuickDemo) ->
 def test_the_demo_ends_with_the_measured_verdict_on_torchrepro(quick: QuickDemo) -> None:
     after_table = quick.stdout.split("| 3 torchrepro")[1]
     assert "setup 3's two runs ended with bitwise-identical final parameters" in after_table
-    assert "$ torchrepro check -- python -m torchrepro.demo --worker torchrepro" in after_table
+    assert (
+        "$ torchrepro check --seed 11 --max-steps 120 -- "
+        "python -m torchrepro.demo --worker torchrepro --epochs 2 --train 512 --test 256"
+    ) in after_table
     compared = after_table.split("bitwise identical: 2 runs, ")[1].split(" steps compared")[0]
     assert int(compared) > 0
+
+
+def test_the_printed_check_command_repeats_the_check_when_pasted(quick: QuickDemo) -> None:
+    line = next(line for line in quick.stdout.splitlines() if line.startswith("$ torchrepro "))
+    argv = shlex.split(line.removeprefix("$ "))
+    dashes = argv.index("--")
+    assert argv[dashes + 1] == "python"
+    # `torchrepro` and `python` as this test's interpreter spells them; the rest as printed.
+    command = [PYTHON, "-m", *argv[: dashes + 1], PYTHON, *argv[dashes + 2 :]]
+    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == quick.stdout.split(line + "\n")[1].strip()
 
 
 def test_progress_is_shown_for_every_epoch_of_every_run(quick: QuickDemo) -> None:
@@ -101,31 +119,32 @@ def test_progress_is_shown_for_every_epoch_of_every_run(quick: QuickDemo) -> Non
 
 def test_rendered_shapes_do_not_depend_on_the_global_rng() -> None:
     torch.manual_seed(1)
-    first = demo.render_shapes(24, seed=3)
+    first = workload.render_shapes(24, seed=3)
     torch.manual_seed(2)
-    second = demo.render_shapes(24, seed=3)
+    second = workload.render_shapes(24, seed=3)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert sorted(first[1].tolist()) == sorted(list(range(6)) * 4)
 
 
 def test_runs_start_without_the_seeds_of_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
-    bootstrap = str(Path(demo.__file__).resolve().parent / "_bootstrap")
+    package = Path(torchrepro.__file__).resolve().parent
+    bootstrap = str(package / "_bootstrap")
     monkeypatch.setenv("TORCHREPRO_SEED", "5")
     monkeypatch.setenv("PYTHONHASHSEED", "5")
     monkeypatch.setenv("TORCHREPRO_BOOTSTRAP", "1")
     monkeypatch.setenv("PYTHONPATH", bootstrap)
-    env = demo._child_env()
+    env = runs._child_env()
     assert not {"TORCHREPRO_SEED", "PYTHONHASHSEED", "TORCHREPRO_BOOTSTRAP"} & set(env)
-    assert env["PYTHONPATH"] == str(Path(demo.__file__).resolve().parents[1])
+    assert env["PYTHONPATH"] == str(package.parent)
 
 
 def test_without_matplotlib_the_demo_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    note = demo.plot([], tmp_path / demo.PNG_NAME)
+    note = plot([], tmp_path / PNG_NAME)
     assert note is not None and "pip install 'torchrepro[plot]'" in note
-    assert not (tmp_path / demo.PNG_NAME).exists()
+    assert not (tmp_path / PNG_NAME).exists()
 
 
 def test_a_failed_run_exits_with_status_3(
