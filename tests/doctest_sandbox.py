@@ -1,0 +1,44 @@
+"""A pytest plugin (``-p doctest_sandbox`` in pyproject.toml) for the package's doctests:
+every docstring example runs in a fresh temporary folder, with the names an example may
+take for granted, and leaves global state as it found it.
+
+A plugin rather than ``src/conftest.py``: two conftest modules would both be imported as
+``conftest``, and the tests import theirs by that name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _pytest.doctest import DoctestItem
+
+import torchrepro
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    # Run by Python at interpreter start-up; importing it would run the bootstrap.
+    return True if collection_path.name == "_bootstrap" else None
+
+
+@pytest.fixture(autouse=True)
+def _doctest_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not isinstance(request.node, DoctestItem):
+        yield
+        return
+    namespace = request.getfixturevalue("doctest_namespace")
+    # ``item`` is the running doctest itself: the pytest plugin's examples take it.
+    namespace.update(
+        torch=torch, np=np, torchrepro=torchrepro, os=os, sys=sys, Path=Path, item=request.node
+    )
+    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    environ = dict(os.environ)
+    with torchrepro.isolate_rng():
+        yield
+    os.environ.clear()
+    os.environ.update(environ)
