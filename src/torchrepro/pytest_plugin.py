@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import pytest
 
-from torchrepro import seeding
+from torchrepro import _contract, seeding
 from torchrepro._derive import derive_seed, normalize_seed
 from torchrepro._sources import available_sources, seed_all
 from torchrepro.errors import SeedError
@@ -164,7 +164,7 @@ def item_seed(item: pytest.Item) -> int:
 
 def _seed_phase(item: pytest.Item, phase: str) -> None:
     seed = item_seed(item)
-    os.environ[seeding.SEED_ENV] = str(seed)
+    os.environ[_contract.SEED] = str(seed)
     _apply(seed if phase == "call" else derive_seed(seed, phase))
 
 

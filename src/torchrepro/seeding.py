@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from torchrepro import data, determinism, distributed
+from torchrepro import _contract, data, determinism, distributed
 from torchrepro._derive import SeedLike, derive_seed, normalize_seed
 from torchrepro._sources import capture_all, restore_all, seed_all, seed_generator
 
 log = logging.getLogger("torchrepro")
 
-SEED_ENV = data.SEED_ENV
+SEED_ENV = _contract.SEED
 
 _root: int | None = None
 _said: set[str] = set()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 
-from torchrepro import determinism, seeding
+from torchrepro import _contract, determinism, seeding
 from torchrepro._derive import SeedLike, normalize_seed
 from torchrepro.errors import TorchReproError
 
@@ -65,7 +65,7 @@ def _run_all(
 ) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     env = {
-        seeding.SEED_ENV: str(seed),
+        _contract.SEED: str(seed),
         # Fixed before the interpreter starts, so set and dict-of-str order repeats too.
         determinism.HASH_SEED_ENV: str(seeding.hash_seed_for(seed)),
     }
