@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import ast
 import functools
+import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import torchrepro
 from torchrepro import seed_everything
+from torchrepro.data import workers
 from torchrepro.errors import SeedError
 
 
@@ -170,3 +174,43 @@ def test_seed_worker_without_any_seed_says_how_to_fix_it(monkeypatch: pytest.Mon
     monkeypatch.delenv("TORCHREPRO_SEED", raising=False)
     with pytest.raises(SeedError, match="seed_everything"):
         torchrepro.seed_worker(0)
+
+
+def test_the_worker_seeder_pickles_by_the_path_of_the_worker_seeding_module() -> None:
+    seed_everything(11)
+    seeder = DataLoader(Indices(), num_workers=2).worker_init_fn
+    assert (type(seeder).__module__, type(seeder).__qualname__) == (
+        "torchrepro.data.workers",
+        "_WorkerSeeder",
+    )
+    assert b"torchrepro.data.workers" in pickle.dumps(seeder)
+    assert pickle.loads(pickle.dumps(seeder)) == seeder
+
+
+def test_the_worker_seeding_module_imports_only_what_seeding_needs() -> None:
+    imported = set()
+    for node in ast.parse(Path(workers.__file__).read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module in ("torchrepro", "torch.utils.data"):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    assert {name for name in imported if name.startswith("torch")} == {
+        "torch.utils.data.get_worker_info",
+        "torchrepro._contract",
+        "torchrepro._derive",
+        "torchrepro._sources",
+        "torchrepro.errors",
+    }
+
+
+def test_spawned_workers_are_seeded_as_forked_ones() -> None:
+    def draws(context: str) -> list[float]:
+        seed_everything(11)
+        loader = DataLoader(Draws(), batch_size=2, num_workers=2, multiprocessing_context=context)
+        return [value for batch in loader for value in batch.flatten().tolist()]
+
+    forked = draws("fork")
+    assert len(set(forked)) == 24
+    assert draws("spawn") == forked

@@ -15,7 +15,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import torchrepro
-from torchrepro import data
+from torchrepro.data.loaders import (
+    LoaderPosition,
+    apply_positions,
+    check_positions,
+    loader_positions,
+)
+from torchrepro.data.per_sample import sample_seed
+from torchrepro.data.samplers import SampleIndex
 from torchrepro.errors import StateError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +143,8 @@ def _indices(loader: DataLoader[int]) -> list[list[int]]:
     return [batch.tolist() for batch in loader]
 
 
-def _position(**fields: int) -> data.LoaderPosition:
-    return data.LoaderPosition(**{"index": 0, "samples": 40, "batch_size": 4, **fields})
+def _position(**fields: int) -> LoaderPosition:
+    return LoaderPosition(**{"index": 0, "samples": 40, "batch_size": 4, **fields})
 
 
 def test_resuming_at_a_batch_loads_only_the_batches_after_it() -> None:
@@ -147,7 +154,7 @@ def test_resuming_at_a_batch_loads_only_the_batches_after_it() -> None:
     torchrepro.seed_everything(5)
     dataset = Counting(40)
     loader = DataLoader(dataset, batch_size=4, shuffle=True)
-    data.apply_positions([_position(epoch=0, batch=7)])
+    apply_positions([_position(epoch=0, batch=7)])
     assert _indices(loader) == whole[7:]
     assert dataset.loaded == 12
 
@@ -160,7 +167,7 @@ def test_each_epoch_has_its_own_order_that_does_not_depend_on_earlier_epochs() -
 
     torchrepro.seed_everything(5)
     later = DataLoader(Counting(40), batch_size=4, shuffle=True)
-    data.apply_positions([_position(epoch=2, batch=0)])
+    apply_positions([_position(epoch=2, batch=0)])
     assert _indices(later) == epochs[2]
 
 
@@ -169,11 +176,11 @@ def test_position_inside_the_last_batch_stays_in_the_epoch_and_after_it_moves_on
     loader = DataLoader(Counting(8), batch_size=4, shuffle=True)
     iterator = iter(loader)
     next(iterator), next(iterator)
-    assert data.loader_positions()[0].epoch == 0
-    assert data.loader_positions()[0].batch == 2
+    assert loader_positions()[0].epoch == 0
+    assert loader_positions()[0].batch == 2
     with pytest.raises(StopIteration):
         next(iterator)
-    assert (data.loader_positions()[0].epoch, data.loader_positions()[0].batch) == (1, 0)
+    assert (loader_positions()[0].epoch, loader_positions()[0].batch) == (1, 0)
 
 
 def test_an_unshuffled_loader_is_tracked_and_keeps_its_order() -> None:
@@ -186,7 +193,7 @@ def test_a_loader_created_after_load_takes_its_saved_position() -> None:
     torchrepro.seed_everything(5)
     whole = _indices(DataLoader(Counting(40), batch_size=4, shuffle=True))
     torchrepro.seed_everything(5)
-    data.apply_positions([_position(epoch=0, batch=9)])
+    apply_positions([_position(epoch=0, batch=9)])
     assert _indices(DataLoader(Counting(40), batch_size=4, shuffle=True)) == whole[9:]
 
 
@@ -194,7 +201,7 @@ def test_a_position_for_a_dataset_of_another_size_is_refused() -> None:
     torchrepro.seed_everything(5)
     loader = DataLoader(Counting(30), batch_size=4, shuffle=True)
     with pytest.raises(StateError, match="30 samples in batches of 4"):
-        data.check_positions([_position(epoch=0, batch=1)])
+        check_positions([_position(epoch=0, batch=1)])
     del loader
 
 
@@ -205,9 +212,9 @@ def test_loaders_with_a_sampler_of_their_own_or_an_iterable_dataset_are_not_trac
 
     torchrepro.seed_everything(5)
     loaders = [DataLoader(Stream(), batch_size=2), DataLoader(Counting(4), sampler=[3, 2, 1, 0])]
-    assert data.loader_positions() == []
+    assert loader_positions() == []
     with pytest.raises(StateError, match="not tracked"):
-        data.check_positions([_position(epoch=0, batch=1, samples=4)])
+        check_positions([_position(epoch=0, batch=1, samples=4)])
     assert len(loaders) == 2
 
 
@@ -251,7 +258,7 @@ def test_sample_rng_leaves_the_main_process_streams_where_they_were() -> None:
     with torchrepro.sample_rng(4) as seed:
         torch.rand(100)
     assert torch.equal(torch.rand(3), expected)
-    assert seed == data.sample_seed(4)
+    assert seed == sample_seed(4)
 
 
 def test_seed_per_sample_wraps_a_dataset_like_sample_rng() -> None:
@@ -270,5 +277,5 @@ def test_seed_per_sample_wraps_a_dataset_like_sample_rng() -> None:
 def test_sample_index_survives_pickling_and_indexes_like_an_int() -> None:
     import pickle
 
-    index = pickle.loads(pickle.dumps(data.SampleIndex(2, stream=99)))
+    index = pickle.loads(pickle.dumps(SampleIndex(2, stream=99)))
     assert (index, index.stream, ["a", "b", "c"][index]) == (2, 99, "c")
