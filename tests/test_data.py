@@ -4,7 +4,7 @@ import ast
 import functools
 import pickle
 import random
-from pathlib import Path
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import torchrepro
+from conftest import PYTHON, child_env
 from torchrepro import seed_everything
-from torchrepro.data import workers
 from torchrepro.errors import SeedError
 
 
@@ -187,20 +187,29 @@ def test_the_worker_seeder_pickles_by_the_path_of_the_worker_seeding_module() ->
     assert pickle.loads(pickle.dumps(seeder)) == seeder
 
 
-def test_the_worker_seeding_module_imports_only_what_seeding_needs() -> None:
-    imported = set()
-    for node in ast.parse(Path(workers.__file__).read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.module in ("torchrepro", "torch.utils.data"):
-            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-    assert {name for name in imported if name.startswith("torch")} == {
-        "torch.utils.data.get_worker_info",
+def test_a_spawned_worker_imports_only_what_seeding_needs() -> None:
+    # What a spawned worker does first: unpickle the seeder, which imports its module.
+    code = (
+        "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+        "print(sorted(m for m in sys.modules if m.startswith('torchrepro')))"
+    )
+    seed_everything(11)
+    seeder = DataLoader(Indices(), num_workers=2).worker_init_fn
+    result = subprocess.run(
+        [PYTHON, "-c", code],
+        input=pickle.dumps(seeder),
+        env=child_env(),
+        capture_output=True,
+        check=True,
+    )
+    loaded = set(ast.literal_eval(result.stdout.decode()))
+    assert loaded == {
+        "torchrepro",
         "torchrepro._contract",
         "torchrepro._derive",
         "torchrepro._sources",
+        "torchrepro.data",
+        "torchrepro.data.workers",
         "torchrepro.errors",
     }
 

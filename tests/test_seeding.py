@@ -186,7 +186,7 @@ def test_seed_everything_exports_the_seed_for_child_processes() -> None:
 def test_the_exported_hash_seed_follows_the_latest_seed_but_keeps_a_users(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from torchrepro.seeding import hash_seed_for
+    from torchrepro._derive import hash_seed_for
 
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
     seed_everything(1)

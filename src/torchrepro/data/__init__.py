@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from torchrepro.data.samplers import ResumableDistributedSampler as ResumableDistributedSampler
     from torchrepro.data.samplers import ResumableSampler as ResumableSampler
     from torchrepro.data.samplers import SampleIndex as SampleIndex
-    from torchrepro.data.workers import root_seed_from_env as root_seed_from_env
     from torchrepro.data.workers import seed_worker as seed_worker
     from torchrepro.data.workers import worker_init_fn as worker_init_fn
 
@@ -66,7 +65,6 @@ _OWNERS = {
     "configure_loaders": "loaders",
     "loader_config": "loaders",
     "loader_positions": "loaders",
-    "root_seed_from_env": "workers",
     "sample_rng": "per_sample",
     "sample_seed": "per_sample",
     "seed_per_sample": "per_sample",

@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from torchrepro import distributed
-from torchrepro._derive import derive_seed
+from torchrepro._derive import derive_seed, root_seed_from_env
 from torchrepro._sources import seed_generator
 from torchrepro.data.samplers import ResumableDistributedSampler, ResumableSampler
-from torchrepro.data.workers import _WorkerSeeder, root_seed_from_env
+from torchrepro.data.workers import _WorkerSeeder
 from torchrepro.errors import StateError
 
 

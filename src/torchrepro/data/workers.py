@@ -10,46 +10,15 @@ this module: it imports nothing of torchrepro but what seeding needs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch.utils.data import get_worker_info
 
-from torchrepro import _contract
-from torchrepro._derive import SeedLike, derive_seed, normalize_seed
+from torchrepro._derive import SeedLike, derive_seed, normalize_seed, root_seed_from_env
 from torchrepro._sources import seed_all
-from torchrepro.errors import SeedError
 
 WorkerInitFn = Callable[[int], None]
-
-
-def root_seed_from_env() -> int:
-    """The root seed exported by ``seed_everything`` or ``torchrepro run``.
-
-    Raises:
-        SeedError: No seed is set, or ``TORCHREPRO_SEED`` is not an integer.
-
-    Example:
-        >>> torchrepro.seed_everything(11, workers=False)  # exports TORCHREPRO_SEED
-        11
-        >>> root_seed_from_env()
-        11
-    """
-    text = os.environ.get(_contract.SEED)
-    if text is None:
-        raise SeedError(
-            f"no root seed: {_contract.SEED} is not set. "
-            "Call torchrepro.seed_everything(seed) first, or pass seed= explicitly."
-        )
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise SeedError(
-            f"{_contract.SEED} must be an integer in [0, 2**64); got {text!r}. "
-            f"Set it to a decimal integer, or unset it."
-        ) from None
-    return normalize_seed(value, what=_contract.SEED)
 
 
 def seed_worker(worker_id: int, rank: int = 0, seed: SeedLike | None = None) -> int:
