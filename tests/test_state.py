@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import torchrepro
-from torchrepro import _files, _sources, state
+from torchrepro import _codec, _files, _sources, state
 from torchrepro.errors import StateError
 from torchrepro.state import RNGState, load_rng, save_rng
 
@@ -170,7 +170,7 @@ def test_a_cuda_state_saved_on_two_gpus_is_refused_on_one(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     two = {"kind": "torch.cuda", "states": [torch.zeros(16, dtype=torch.uint8)] * 2}
     with pytest.raises(StateError, match="2 device\\(s\\); this process sees 1"):
-        _sources._decode_cuda(two)
+        _codec.decode_cuda(two)
 
 
 def test_a_registered_generator_missing_at_restore_is_refused() -> None:

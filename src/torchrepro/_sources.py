@@ -5,29 +5,25 @@ adding a backend is adding one entry. Device entries are probed when used, never
 import, so that importing torchrepro does not initialise CUDA. Generators a user
 registers (a numpy ``Generator`` held by a transform, say) are entries too.
 
-Each entry also converts its state to and from *plain data*: tensors, ints, floats,
-strs, lists and dicts only, which ``torch.load(..., weights_only=True)`` reads without an
-allow-list. Decoding validates without touching the live generator (on a scratch
-generator where one can be made), so a restore can check every part before applying any.
+Each entry also converts its state to and from *plain data* with a codec of
+:mod:`torchrepro._codec`, which validates without touching the live generator.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from torchrepro._derive import derive_seed, describe
+from torchrepro import _codec
+from torchrepro._codec import Plain
+from torchrepro._derive import derive_seed
 from torchrepro.errors import StateError
-
-Plain = dict[str, Any]
-"""A source's state as plain data (tensors, ints, floats, strs, lists, dicts)."""
 
 
 @dataclass(frozen=True)
@@ -59,229 +55,6 @@ class RNGSource:
     encode: Callable[[Any], Plain]
     decode: Callable[[Plain], Any]
     host: bool = True
-
-
-# ---------------------------------------------------------------- plain-data checks
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {list(value.shape)}"
-    return describe(value)
-
-
-def _bad(where: str, expected: str, got: object) -> StateError:
-    return StateError(
-        f"saved RNG state {where}: expected {expected}; got {_describe(got)}. "
-        "The file is damaged or was not written by torchrepro.capture_rng; "
-        "restore from another checkpoint."
-    )
-
-
-def _field(plain: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(plain, Mapping):
-        raise _bad(where, "a dict", plain)
-    if key not in plain:
-        raise _bad(f"{where}.{key}", "a value", "nothing")
-    value = plain[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
-        names = " or ".join(k.__name__ for k in _as_tuple(kind))
-        raise _bad(f"{where}.{key}", names, value)
-    return value
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _check_kind(plain: Plain, kind: str, where: str) -> None:
-    got = _field(plain, "kind", str, where)
-    if got != kind:
-        raise _bad(f"{where}.kind", repr(kind), got)
-
-
-def _byte_tensor(
-    plain: Mapping[str, Any], key: str, where: str, numel: int | None = None
-) -> torch.Tensor:
-    tensor: torch.Tensor = _field(plain, key, torch.Tensor, where)
-    if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.device.type != "cpu":
-        raise _bad(f"{where}.{key}", "a 1-D uint8 CPU tensor", tensor)
-    if numel is not None and tensor.numel() != numel:
-        raise _bad(f"{where}.{key}", f"{numel} bytes (the size of this generator's state)", tensor)
-    return tensor
-
-
-# ---------------------------------------------------------------- numpy states as plain data
-
-_NDARRAY = "__ndarray__"
-_ARRAY_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
-
-
-def _encode_value(value: Any) -> Any:
-    """numpy bit generator states are nested dicts of str, int, float and arrays."""
-    if isinstance(value, np.ndarray):
-        data = torch.frombuffer(bytearray(np.ascontiguousarray(value).tobytes()), dtype=torch.uint8)
-        return {_NDARRAY: data, "dtype": str(value.dtype), "shape": list(value.shape)}
-    if isinstance(value, dict):
-        return {str(key): _encode_value(item) for key, item in value.items()}
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    if isinstance(value, int | float | str):
-        return value
-    raise StateError(
-        f"cannot save a numpy RNG state holding {_describe(value)}; expected str, int, "
-        "float, arrays and dicts. Report this with your numpy version."
-    )
-
-
-def _decode_value(value: Any, where: str) -> Any:
-    if isinstance(value, Mapping) and _NDARRAY in value:
-        data = _byte_tensor(value, _NDARRAY, where)
-        dtype = _field(value, "dtype", str, where)
-        shape = _field(value, "shape", list, where)
-        if dtype not in _ARRAY_DTYPES:
-            raise _bad(f"{where}.dtype", f"one of {_ARRAY_DTYPES}", dtype)
-        if not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise _bad(f"{where}.shape", "a list of non-negative ints", shape)
-        if math.prod(shape) * np.dtype(dtype).itemsize != data.numel():
-            raise _bad(f"{where}", f"{math.prod(shape)} items of {dtype}", data)
-        return np.frombuffer(data.numpy().tobytes(), dtype=dtype).reshape(shape).copy()
-    if isinstance(value, Mapping):
-        return {key: _decode_value(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        return value
-    raise _bad(where, "str, int, float, array or dict", value)
-
-
-def _same(left: Any, right: Any) -> bool:
-    if isinstance(left, np.ndarray) or isinstance(right, np.ndarray):
-        return bool(np.array_equal(np.asarray(left), np.asarray(right)))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
-    return type(left) is type(right) and bool(left == right)
-
-
-def _encode_numpy(kind: str) -> Callable[[Any], Plain]:
-    def encode(state: Any) -> Plain:
-        return {"kind": kind, "state": _encode_value(state)}
-
-    return encode
-
-
-def _check_mt19937(state: Any, where: str) -> None:
-    # numpy accepts a 625-word key or pos 900 silently; refuse what it would not produce.
-    inner = state.get("state") if isinstance(state, dict) else None
-    key = inner.get("key") if isinstance(inner, dict) else None
-    pos = inner.get("pos") if isinstance(inner, dict) else None
-    if not isinstance(key, np.ndarray) or key.shape != (624,):
-        raise _bad(f"{where}.state.key", "624 words", key)
-    if not isinstance(pos, int) or not 0 <= pos <= 624:
-        raise _bad(f"{where}.state.pos", "an int in [0, 624]", pos)
-
-
-def _decode_numpy(
-    kind: str, name: Callable[[], str], load_into_scratch: Callable[[Any], Any]
-) -> Callable[[Plain], Any]:
-    """A decoder that checks the state on a scratch generator and reads it back."""
-
-    def decode(plain: Plain) -> Any:
-        where = f"[{kind}]"
-        _check_kind(plain, kind, where)
-        state = _decode_value(_field(plain, "state", Mapping, where), f"{where}.state")
-        expected = name()
-        got = state.get("bit_generator")
-        if got != expected:
-            raise _bad(f"{where}.state.bit_generator", repr(expected), got)
-        if got == "MT19937":
-            _check_mt19937(state, f"{where}.state")
-        try:
-            read_back = load_into_scratch(state)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
-            raise _bad(where, f"a valid {expected} state ({error})", state) from None
-        if not _same(read_back, state):
-            raise _bad(where, f"a {expected} state that reads back unchanged", state)
-        return state
-
-    return decode
-
-
-def _bit_generator_class(name: str) -> Any:
-    cls = getattr(np.random, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise StateError(f"unknown numpy bit generator {name!r}; expected one of numpy's.")
-    return cls
-
-
-def _random_state_into_scratch(state: Any) -> Any:
-    scratch = np.random.RandomState(_bit_generator_class(state["bit_generator"])())
-    scratch.set_state(state)
-    return scratch.get_state(legacy=False)
-
-
-# ---------------------------------------------------------------- Python random as plain data
-
-
-def _encode_python(state: Any) -> Plain:
-    version, internal, gauss_next = state
-    return {
-        "kind": "python.random",
-        "version": version,
-        "internal": torch.tensor(internal, dtype=torch.int64),
-        "gauss_next": [] if gauss_next is None else [gauss_next],
-    }
-
-
-def _decode_python(plain: Plain) -> Any:
-    where = "[python.random]"
-    _check_kind(plain, "python.random", where)
-    version = _field(plain, "version", int, where)
-    internal = _field(plain, "internal", torch.Tensor, where)
-    gauss = _field(plain, "gauss_next", list, where)
-    if internal.dtype != torch.int64 or internal.dim() != 1:
-        raise _bad(f"{where}.internal", "a 1-D int64 tensor", internal)
-    if len(gauss) > 1 or not all(isinstance(g, float) for g in gauss):
-        raise _bad(f"{where}.gauss_next", "[] or [float]", gauss)
-    state = (version, tuple(internal.tolist()), gauss[0] if gauss else None)
-    try:
-        random.Random().setstate(state)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise _bad(where, f"a valid random.getstate() value ({error})", state) from None
-    return state
-
-
-# ---------------------------------------------------------------- torch as plain data
-
-
-def _encode_torch(kind: str) -> Callable[[Any], Plain]:
-    def encode(state: Any) -> Plain:
-        return {"kind": kind, "state": state.clone()}
-
-    return encode
-
-
-def _decode_torch_cpu(kind: str) -> Callable[[Plain], Any]:
-    def decode(plain: Plain) -> Any:
-        where = f"[{kind}]"
-        _check_kind(plain, kind, where)
-        state = _byte_tensor(plain, "state", where).clone()
-        try:
-            torch.Generator().set_state(state)
-        except RuntimeError as error:
-            raise _bad(where, f"a valid CPU generator state ({error})", state) from None
-        return state
-
-    return decode
-
-
-def _decode_torch_sized(kind: str, live: Callable[[], torch.Tensor]) -> Callable[[Plain], Any]:
-    """Device generators cannot be made as scratch copies; their size is what can be checked."""
-
-    def decode(plain: Plain) -> Any:
-        where = f"[{kind}]"
-        _check_kind(plain, kind, where)
-        return _byte_tensor(plain, "state", where, live().numel()).clone()
-
-    return decode
 
 
 def _always() -> bool:
@@ -352,28 +125,6 @@ def _set_cuda_state(states: list[torch.Tensor]) -> None:
     torch.cuda.set_rng_state_all(states)
 
 
-def _encode_cuda(states: list[torch.Tensor]) -> Plain:
-    return {"kind": "torch.cuda", "states": [state.clone() for state in states]}
-
-
-def _decode_cuda(plain: Plain) -> Any:
-    where = "[torch.cuda]"
-    _check_kind(plain, "torch.cuda", where)
-    states = _field(plain, "states", list, where)
-    count = torch.cuda.device_count()
-    if len(states) != count:
-        raise StateError(
-            f"saved CUDA RNG state is for {len(states)} device(s); this process sees {count}. "
-            "Restore with the same visible devices (CUDA_VISIBLE_DEVICES), or pass "
-            "skip=('cuda',) to leave the CUDA generators as they are."
-        )
-    sizes = [torch.cuda.get_rng_state(device).numel() for device in range(count)]
-    return [
-        _byte_tensor({"state": state}, "state", f"{where}.states[{device}]", size).clone()
-        for device, (state, size) in enumerate(zip(states, sizes, strict=True))
-    ]
-
-
 def _single_device_source(name: str) -> RNGSource:
     """A source for a backend with one generator (MPS) or a per-process default (XPU)."""
     return RNGSource(
@@ -383,8 +134,10 @@ def _single_device_source(name: str) -> RNGSource:
         seed=lambda seed: _device_module(name).manual_seed(seed),
         get_state=lambda: _device_module(name).get_rng_state(),
         set_state=lambda state: _device_module(name).set_rng_state(state),
-        encode=_encode_torch(f"torch.{name}"),
-        decode=_decode_torch_sized(f"torch.{name}", lambda: _device_module(name).get_rng_state()),
+        encode=_codec.encode_torch(f"torch.{name}"),
+        decode=_codec.decode_torch_sized(
+            f"torch.{name}", lambda: _device_module(name).get_rng_state()
+        ),
         host=False,
     )
 
@@ -392,7 +145,7 @@ def _single_device_source(name: str) -> RNGSource:
 SOURCES: tuple[RNGSource, ...] = (
     RNGSource(
         "python", "python", _always, random.seed, random.getstate, random.setstate,
-        _encode_python, _decode_python,
+        _codec.encode_python, _codec.decode_python,
     ),
     RNGSource(
         "numpy",
@@ -401,12 +154,12 @@ SOURCES: tuple[RNGSource, ...] = (
         _seed_numpy,
         lambda: np.random.get_state(legacy=False),
         np.random.set_state,
-        _encode_numpy("numpy.global"),
-        _decode_numpy("numpy.global", lambda: "MT19937", _random_state_into_scratch),
+        _codec.encode_numpy("numpy.global"),
+        _codec.decode_numpy("numpy.global", lambda: "MT19937", _codec.random_state_into_scratch),
     ),
     RNGSource(
         "torch", "torch", _always, _seed_torch, torch.get_rng_state, torch.set_rng_state,
-        _encode_torch("torch.cpu"), _decode_torch_cpu("torch.cpu"),
+        _codec.encode_torch("torch.cpu"), _codec.decode_torch_cpu("torch.cpu"),
     ),
     RNGSource(
         "cuda",
@@ -415,8 +168,8 @@ SOURCES: tuple[RNGSource, ...] = (
         torch.cuda.manual_seed_all,
         _cuda_state,
         _set_cuda_state,
-        _encode_cuda,
-        _decode_cuda,
+        _codec.encode_cuda,
+        _codec.decode_cuda,
         host=False,
     ),
     _single_device_source("mps"),
@@ -439,13 +192,13 @@ def _torch_generator_source(name: str, gen: torch.Generator) -> RNGSource:
 
     def decode(plain: Plain) -> Any:
         where = f"[{name}]"
-        _check_kind(plain, kind, where)
-        saved_device = _field(plain, "device", str, where)
+        _codec.check_kind(plain, kind, where)
+        saved_device = _codec.field(plain, "device", str, where)
         if saved_device != device:
-            raise _bad(f"{where}.device", repr(device), saved_device)
+            raise _codec.bad(f"{where}.device", repr(device), saved_device)
         if gen.device.type == "cpu":
-            return _decode_torch_cpu(kind)(plain)
-        return _decode_torch_sized(kind, gen.get_state)(plain)
+            return _codec.decode_torch_cpu(kind)(plain)
+        return _codec.decode_torch_sized(kind, gen.get_state)(plain)
 
     def encode(state: torch.Tensor) -> Plain:
         return {"kind": kind, "device": device, "state": state.clone()}
@@ -478,8 +231,10 @@ def _numpy_generator_source(name: str, gen: np.random.Generator) -> RNGSource:
         return scratch.state
 
     kind = "numpy.Generator"
-    decode = _decode_numpy(kind, lambda: str(get_state()["bit_generator"]), into_scratch)
-    return RNGSource(name, name, _always, seed, get_state, set_state, _encode_numpy(kind), decode)
+    decode = _codec.decode_numpy(kind, lambda: str(get_state()["bit_generator"]), into_scratch)
+    return RNGSource(
+        name, name, _always, seed, get_state, set_state, _codec.encode_numpy(kind), decode
+    )
 
 
 def _random_state_source(name: str, gen: np.random.RandomState) -> RNGSource:
@@ -487,21 +242,28 @@ def _random_state_source(name: str, gen: np.random.RandomState) -> RNGSource:
         return gen.get_state(legacy=False)
 
     def seed(value: int) -> None:
-        cls = _bit_generator_class(get_state()["bit_generator"])
+        cls = _codec.bit_generator_class(get_state()["bit_generator"])
         gen.set_state({**cls(value).state, "has_gauss": 0, "gauss": 0.0})
 
     kind = "numpy.RandomState"
-    decode = _decode_numpy(
-        kind, lambda: str(get_state()["bit_generator"]), _random_state_into_scratch
+    decode = _codec.decode_numpy(
+        kind, lambda: str(get_state()["bit_generator"]), _codec.random_state_into_scratch
     )
     return RNGSource(
-        name, name, _always, seed, get_state, gen.set_state, _encode_numpy(kind), decode
+        name, name, _always, seed, get_state, gen.set_state, _codec.encode_numpy(kind), decode
     )
 
 
 def _python_random_source(name: str, gen: random.Random) -> RNGSource:
     return RNGSource(
-        name, name, _always, gen.seed, gen.getstate, gen.setstate, _encode_python, _decode_python
+        name,
+        name,
+        _always,
+        gen.seed,
+        gen.getstate,
+        gen.setstate,
+        _codec.encode_python,
+        _codec.decode_python,
     )
 
 
@@ -523,7 +285,7 @@ def register(gen: object, name: str) -> str:
         source = _python_random_source(full, gen)
     else:
         raise StateError(
-            f"cannot register {_describe(gen)}: expected a torch.Generator, "
+            f"cannot register {_codec.describe_value(gen)}: expected a torch.Generator, "
             "numpy.random.Generator, numpy.random.RandomState or random.Random."
         )
     _registered[full] = (gen, source)

@@ -44,8 +44,9 @@ from typing import Any
 import torch
 
 from torchrepro import _sources, data, distributed, seeding
+from torchrepro._codec import Plain
 from torchrepro._files import PathLike, atomic_write_bytes
-from torchrepro._sources import Plain, RegistrableGenerator, RNGSource
+from torchrepro._sources import RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
 
 log = logging.getLogger("torchrepro")
