@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import torchrepro
-from torchrepro import _codec, _files, _sources, state
+from torchrepro import _codec, _container, _files, _sources, state
 from torchrepro.errors import StateError
 from torchrepro.state import RNGState, load_rng, save_rng
 
@@ -41,7 +41,7 @@ def _live() -> dict[str, Any]:
 
 
 def _same_live(before: dict[str, Any]) -> bool:
-    return state._checksum({"s": before}) == state._checksum({"s": _live()})
+    return _container.checksum({"s": before}) == _container.checksum({"s": _live()})
 
 
 # ---------------------------------------------------------------- round trips
@@ -124,7 +124,7 @@ def _resealed(edit: Callable[[dict[str, Any]], None]) -> RNGState:
     """A captured state edited after capture, with a valid checksum."""
     body = torchrepro.capture_rng().state_dict()
     edit(body["sources"])
-    return RNGState.from_state_dict(state._seal(body))
+    return RNGState.from_state_dict(_container.seal(body))
 
 
 def _short_numpy_key(sources: dict[str, Any]) -> None:
@@ -190,7 +190,7 @@ def test_another_schema_version_is_refused_not_guessed(version: int, message: st
     body = torchrepro.capture_rng().state_dict()
     body["version"] = version
     with pytest.raises(StateError, match=message):
-        RNGState.from_state_dict(state._seal(body))
+        RNGState.from_state_dict(_container.seal(body))
 
 
 def test_an_edited_state_fails_its_checksum() -> None:

@@ -30,117 +30,25 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import logging
-import pickle
-import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from torchrepro import _sources, data, distributed, seeding
+from torchrepro import _container, _sources, data, distributed, seeding
 from torchrepro._codec import Plain
+from torchrepro._container import SCHEMA_VERSION
 from torchrepro._files import PathLike, atomic_write_bytes
 from torchrepro._sources import RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
 
 log = logging.getLogger("torchrepro")
 
-SCHEMA_VERSION = 1
-"""The version written into every saved state; this torchrepro reads exactly this one."""
 
 RNG_FORMAT = "torchrepro.rng"
 STATE_FORMAT = "torchrepro.state"
-
-
-# ---------------------------------------------------------------- checksums and envelopes
-
-
-def _feed(digest: Any, value: Any, where: str) -> None:
-    """Hashes plain data canonically; anything that is not plain data is refused."""
-    if isinstance(value, Mapping):
-        digest.update(b"d%d;" % len(value))
-        for key in sorted(value, key=str):
-            if not isinstance(key, str):
-                raise StateError(f"{where}: keys must be strs; got {key!r}.")
-            _feed(digest, key, where)
-            _feed(digest, value[key], f"{where}.{key}")
-    elif isinstance(value, list):
-        digest.update(b"l%d;" % len(value))
-        for position, item in enumerate(value):
-            _feed(digest, item, f"{where}[{position}]")
-    elif isinstance(value, torch.Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"t{flat.dtype};{list(value.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, bool):
-        raise StateError(f"{where}: expected plain data; got a bool.")
-    elif isinstance(value, int):
-        digest.update(b"i%d;" % value)
-    elif isinstance(value, float):
-        digest.update(b"f" + value.hex().encode() + b";")
-    elif isinstance(value, str):
-        encoded = value.encode("utf-8")
-        digest.update(b"s%d;" % len(encoded) + encoded)
-    else:
-        raise StateError(
-            f"{where}: expected tensors, ints, floats, strs, lists or dicts; "
-            f"got {type(value).__name__}. The state was altered after torchrepro wrote it."
-        )
-
-
-def _checksum(body: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256()
-    _feed(digest, {key: value for key, value in body.items() if key != "checksum"}, "state")
-    return "sha256:" + digest.hexdigest()
-
-
-def _seal(body: dict[str, Any]) -> dict[str, Any]:
-    body["checksum"] = _checksum(body)
-    return body
-
-
-def _open(state: object, expected_format: str) -> Mapping[str, Any]:
-    """Checks the format, schema version and checksum of a saved state; returns it."""
-    if not isinstance(state, Mapping):
-        raise StateError(
-            f"expected a {expected_format} state dict; got {type(state).__name__}. Pass the "
-            f"value returned by state_dict(), as loaded from your checkpoint."
-        )
-    got_format = state.get("format")
-    if got_format != expected_format:
-        raise StateError(
-            f"expected a {expected_format} state dict; got format {got_format!r}. Pass the "
-            f"value returned by the matching torchrepro function."
-        )
-    version = state.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise StateError(
-            f"{expected_format} state has unknown schema version {version!r}; expected "
-            f"{SCHEMA_VERSION}. The state is damaged or was not written by torchrepro."
-        )
-    if version != SCHEMA_VERSION:
-        raise StateError(
-            f"{expected_format} state has schema version {version}; this torchrepro reads "
-            f"version {SCHEMA_VERSION}. Load it with the torchrepro version that wrote it "
-            "(upgrade torchrepro if it is newer)."
-        )
-    saved = state.get("checksum")
-    actual = _checksum(state)
-    if saved != actual:
-        raise StateError(
-            f"{expected_format} state fails its checksum (saved {saved!r}, content hashes to "
-            f"{actual!r}): it was damaged or edited. Restore from another checkpoint."
-        )
-    return state
-
-
-# ---------------------------------------------------------------- RNG state
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,7 +71,7 @@ class RNGState:
         """Two states are equal when their content is, tensors compared bit for bit."""
         if not isinstance(other, RNGState):
             return NotImplemented
-        return _checksum(self.state_dict()) == _checksum(other.state_dict())
+        return _container.checksum(self.state_dict()) == _container.checksum(other.state_dict())
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -175,7 +83,7 @@ class RNGState:
             ['checksum', 'format', 'sources', 'version']
         """
         body = {"format": RNG_FORMAT, "version": SCHEMA_VERSION, "sources": dict(self.sources)}
-        return _seal(body)
+        return _container.seal(body)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> RNGState:
@@ -190,7 +98,7 @@ class RNGState:
             >>> state == capture_rng()
             True
         """
-        opened = _open(state, RNG_FORMAT)
+        opened = _container.open_sealed(state, RNG_FORMAT)
         sources = opened.get("sources")
         if not isinstance(sources, Mapping) or not all(
             isinstance(part, Mapping) for part in sources.values()
@@ -268,32 +176,6 @@ def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
     _apply(_plan(state, skip))
 
 
-def _serialize(value: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
-
-
-def _load_plain(path: PathLike) -> Any:
-    raw = Path(path).read_bytes()
-    try:
-        with warnings.catch_warnings():
-            # torch warns about the pickle protocol of foreign files; the error says more.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        raise StateError(
-            f"{path} holds objects that safe loading refuses ({str(error).splitlines()[0]}). "
-            "It may be a pickle that runs code when loaded, so it was not executed. Expected "
-            "a file written by torchrepro.save_rng or save_checkpoint; re-save it with them."
-        ) from None
-    except Exception as error:  # a damaged zip or pickle stream can fail in many ways
-        raise StateError(
-            f"cannot read {path}: {type(error).__name__}: {error}. The file is truncated or "
-            "damaged; restore from another checkpoint."
-        ) from error
-
-
 def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
     """Writes an RNG state to ``path`` atomically: a crash leaves the previous file intact.
 
@@ -311,7 +193,7 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
         True
     """
     state = capture_rng() if state is None else state
-    atomic_write_bytes(path, _serialize(state.state_dict()))
+    atomic_write_bytes(path, _container.serialize(state.state_dict()))
     return state
 
 
@@ -329,7 +211,7 @@ def load_rng(path: PathLike) -> RNGState:
         >>> torch.equal(torch.rand(3), first)
         True
     """
-    return RNGState.from_state_dict(_load_plain(path))
+    return RNGState.from_state_dict(_container.load_plain(path))
 
 
 # ---------------------------------------------------------------- registered generators
@@ -405,7 +287,7 @@ def state_dict() -> dict[str, Any]:
             "streams_split": int(distributed.streams_split()),
         },
     }
-    return _seal(body)
+    return _container.seal(body)
 
 
 def _layout(value: object) -> tuple[int, int, bool]:
@@ -500,7 +382,7 @@ def load_state_dict(
         >>> torch.equal(torch.rand(3), first)
         True
     """
-    opened = _open(state, STATE_FORMAT)
+    opened = _container.open_sealed(state, STATE_FORMAT)
     saved_seed = opened.get("seed")
     current = seeding.root_seed()
     if saved_seed != current:
@@ -541,7 +423,7 @@ def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
         >>> load_checkpoint("ckpt.pt")["step"]
         10
     """
-    return atomic_write_bytes(path, _serialize(checkpoint))
+    return atomic_write_bytes(path, _container.serialize(checkpoint))
 
 
 def load_checkpoint(path: PathLike) -> Any:
@@ -554,4 +436,4 @@ def load_checkpoint(path: PathLike) -> Any:
         >>> _ = save_checkpoint("ckpt.pt", {"step": 10, "weights": torch.ones(2)})
         >>> checkpoint = load_checkpoint("ckpt.pt")
     """
-    return _load_plain(path)
+    return _container.load_plain(path)

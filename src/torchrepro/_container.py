@@ -1,0 +1,139 @@
+"""Sealed states: plain data with a format, a schema version and a SHA-256 checksum, and
+the files that hold them.
+
+Every state torchrepro saves (:mod:`torchrepro.state`) is a dict of plain data (tensors,
+ints, floats, strs, lists and dicts) sealed here; opening one checks format, version and
+checksum before anything reads its content. Files are written with torch's serializer
+and read back with ``torch.load(weights_only=True)``, which never runs code from the file.
+
+Example:
+    >>> sealed = seal({"format": "example", "version": SCHEMA_VERSION, "x": [1, 2]})
+    >>> open_sealed(sealed, "example")["x"]
+    [1, 2]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchrepro._files import PathLike
+from torchrepro.errors import StateError
+
+SCHEMA_VERSION = 1
+"""The version written into every saved state; this torchrepro reads exactly this one."""
+
+
+def _feed(digest: Any, value: Any, where: str) -> None:
+    """Hashes plain data canonically; anything that is not plain data is refused."""
+    if isinstance(value, Mapping):
+        digest.update(b"d%d;" % len(value))
+        for key in sorted(value, key=str):
+            if not isinstance(key, str):
+                raise StateError(f"{where}: keys must be strs; got {key!r}.")
+            _feed(digest, key, where)
+            _feed(digest, value[key], f"{where}.{key}")
+    elif isinstance(value, list):
+        digest.update(b"l%d;" % len(value))
+        for position, item in enumerate(value):
+            _feed(digest, item, f"{where}[{position}]")
+    elif isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"t{flat.dtype};{list(value.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, bool):
+        raise StateError(f"{where}: expected plain data; got a bool.")
+    elif isinstance(value, int):
+        digest.update(b"i%d;" % value)
+    elif isinstance(value, float):
+        digest.update(b"f" + value.hex().encode() + b";")
+    elif isinstance(value, str):
+        encoded = value.encode("utf-8")
+        digest.update(b"s%d;" % len(encoded) + encoded)
+    else:
+        raise StateError(
+            f"{where}: expected tensors, ints, floats, strs, lists or dicts; "
+            f"got {type(value).__name__}. The state was altered after torchrepro wrote it."
+        )
+
+
+def checksum(body: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in body.items() if key != "checksum"}, "state")
+    return "sha256:" + digest.hexdigest()
+
+
+def seal(body: dict[str, Any]) -> dict[str, Any]:
+    body["checksum"] = checksum(body)
+    return body
+
+
+def open_sealed(state: object, expected_format: str) -> Mapping[str, Any]:
+    """Checks the format, schema version and checksum of a saved state; returns it."""
+    if not isinstance(state, Mapping):
+        raise StateError(
+            f"expected a {expected_format} state dict; got {type(state).__name__}. Pass the "
+            f"value returned by state_dict(), as loaded from your checkpoint."
+        )
+    got_format = state.get("format")
+    if got_format != expected_format:
+        raise StateError(
+            f"expected a {expected_format} state dict; got format {got_format!r}. Pass the "
+            f"value returned by the matching torchrepro function."
+        )
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateError(
+            f"{expected_format} state has unknown schema version {version!r}; expected "
+            f"{SCHEMA_VERSION}. The state is damaged or was not written by torchrepro."
+        )
+    if version != SCHEMA_VERSION:
+        raise StateError(
+            f"{expected_format} state has schema version {version}; this torchrepro reads "
+            f"version {SCHEMA_VERSION}. Load it with the torchrepro version that wrote it "
+            "(upgrade torchrepro if it is newer)."
+        )
+    saved = state.get("checksum")
+    actual = checksum(state)
+    if saved != actual:
+        raise StateError(
+            f"{expected_format} state fails its checksum (saved {saved!r}, content hashes to "
+            f"{actual!r}): it was damaged or edited. Restore from another checkpoint."
+        )
+    return state
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+def serialize(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def load_plain(path: PathLike) -> Any:
+    raw = Path(path).read_bytes()
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of foreign files; the error says more.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        raise StateError(
+            f"{path} holds objects that safe loading refuses ({str(error).splitlines()[0]}). "
+            "It may be a pickle that runs code when loaded, so it was not executed. Expected "
+            "a file written by torchrepro.save_rng or save_checkpoint; re-save it with them."
+        ) from None
+    except Exception as error:  # a damaged zip or pickle stream can fail in many ways
+        raise StateError(
+            f"cannot read {path}: {type(error).__name__}: {error}. The file is truncated or "
+            "damaged; restore from another checkpoint."
+        ) from error
