@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro.check import CheckError, check, check_reproducible
+from torchrepro.check import check, check_reproducible
 from torchrepro.cli import main
+from torchrepro.errors import CheckError
 
 SCRIPT = [PYTHON, str(SCRIPTS / "check_train.py")]
 

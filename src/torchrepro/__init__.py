@@ -39,7 +39,7 @@ from torchrepro.errors import (
     TorchReproError,
 )
 from torchrepro.fingerprint import Digest, fingerprint
-from torchrepro.record import Record, Recorder, log, read_record, record
+from torchrepro.records import Record, Recorder, log, read_record, record
 from torchrepro.seeding import (
     isolate_rng,
     numpy_generator,

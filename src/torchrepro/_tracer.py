@@ -1,16 +1,12 @@
-"""Localization: which module, and which ATen op in it, first computed something different.
+"""The op tracer of a localization replay: every ATen op of one step, digested.
 
-Once two runs are known to part at step ``s``, both are run again up to ``s`` with a
-tracer on. From the end of step ``s - 1`` to the end of step ``s`` the tracer sees every
-ATen op (through a ``TorchDispatchMode``) and writes, per op: its name, the module it ran
-in (forward, or backward through ``torch.utils.module_tracker``), and exact digests of its
-tensor inputs and outputs. :func:`localize` then walks the two traces side by side: the
-culprit is the first op whose output differs while its inputs matched. If an op's inputs
-differ before any op went wrong, the difference came from outside torch's ops (numpy,
-Python, I/O, another process), and the op and module that first received it are named.
-
-The tracer runs in the traced process and is started by the ``torchrepro run`` bootstrap
-when ``TORCHREPRO_TRACE`` names a file and ``TORCHREPRO_TRACE_STEP`` a step.
+Runs in the replayed process: the ``torchrepro run`` bootstrap calls
+:func:`start_trace_from_env` when ``TORCHREPRO_TRACE`` names a file and
+``TORCHREPRO_TRACE_STEP`` a step. From the end of step ``s - 1`` to the end of step ``s``
+a ``TorchDispatchMode`` sees every ATen op and notes its name, the module it ran in
+(forward, or backward through ``torch.utils.module_tracker``) and exact digests of its
+tensor inputs and outputs; the trace is then written in the layout that
+:mod:`torchrepro.localize` reads and analyses.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,83 +22,12 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from torchrepro.errors import RecordError
+from torchrepro import _contract
+from torchrepro._files import atomic_text_writer
 from torchrepro.fingerprint import _digest_tensors
+from torchrepro.localize import OUTSIDE, TRACE_FORMAT, trace_event
 
-TRACE_ENV = "TORCHREPRO_TRACE"
-TRACE_STEP_ENV = "TORCHREPRO_TRACE_STEP"
-OUTSIDE = "(outside any module)"
-
-# ATen ops whose CUDA kernels are nondeterministic (atomics) or have no deterministic
-# implementation, by op base name; from PyTorch's use_deterministic_algorithms docs.
-NONDETERMINISTIC_OPS = frozenset(
-    {
-        "index_add",
-        "index_add_",
-        "index_copy",
-        "index_copy_",
-        "index_put",
-        "index_put_",
-        "_index_put_impl_",
-        "scatter",
-        "scatter_",
-        "scatter_add",
-        "scatter_add_",
-        "scatter_reduce",
-        "scatter_reduce_",
-        "put",
-        "put_",
-        "embedding_dense_backward",
-        "embedding_bag",
-        "_embedding_bag",
-        "_embedding_bag_backward",
-        "histc",
-        "bincount",
-        "kthvalue",
-        "median",
-        "cumsum",
-        "cumsum_",
-        "nll_loss2d_forward",
-        "nll_loss2d_backward",
-        "ctc_loss",
-        "_ctc_loss",
-        "_ctc_loss_backward",
-        "grid_sampler_2d_backward",
-        "grid_sampler_3d_backward",
-        "adaptive_avg_pool2d_backward",
-        "_adaptive_avg_pool2d_backward",
-        "adaptive_avg_pool3d_backward",
-        "_adaptive_avg_pool3d_backward",
-        "adaptive_max_pool2d_backward",
-        "adaptive_max_pool3d_backward",
-        "avg_pool3d_backward",
-        "max_pool3d_with_indices_backward",
-        "fractional_max_pool2d_backward",
-        "fractional_max_pool3d_backward",
-        "max_unpool1d",
-        "max_unpool2d",
-        "max_unpool3d",
-        "reflection_pad1d_backward",
-        "reflection_pad2d_backward",
-        "reflection_pad3d_backward",
-        "replication_pad1d_backward",
-        "replication_pad2d_backward",
-        "replication_pad3d_backward",
-        "upsample_linear1d_backward",
-        "upsample_bilinear2d_backward",
-        "upsample_bicubic2d_backward",
-        "upsample_trilinear3d_backward",
-        "_scaled_dot_product_efficient_attention_backward",
-        "_scaled_dot_product_flash_attention_backward",
-        "_scaled_dot_product_cudnn_attention_backward",
-    }
-)
-
-
-def op_base_name(op: str) -> str:
-    """``"aten.index_add_.default"`` -> ``"index_add_"``."""
-    parts = op.split(".")
-    return parts[1] if len(parts) > 1 and parts[0] == "aten" else parts[0]
+__all__ = ["start_trace_from_env"]
 
 
 def _module_tracker() -> Any:
@@ -147,15 +71,9 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         after = _digest_tensors(outputs, None).hexdigests() if outputs else []
         tracker = self.tracker
         backward = torch._C._current_graph_task_id() != -1
-        self.events.append(
-            {
-                "op": str(func),
-                "module": _innermost(tracker.parents) if tracker is not None else OUTSIDE,
-                "phase": "backward" if backward else "forward",
-                "in": before,
-                "out": after,
-            }
-        )
+        module = _innermost(tracker.parents) if tracker is not None else OUTSIDE
+        phase = "backward" if backward else "forward"
+        self.events.append(trace_event(str(func), module, phase, before, after))
         return out
 
 
@@ -191,12 +109,11 @@ class _StepTrace:
 
 
 def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(json.dumps({"format": "torchrepro-trace", "step": step}) + "\n")
+    # Atomic: check waits for the file to appear and reads it at once.
+    with atomic_text_writer(path) as file:
+        file.write(json.dumps({"format": TRACE_FORMAT, "step": step}) + "\n")
         for event in events:
             file.write(json.dumps(event, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
 
 
 def start_trace_from_env() -> bool:
@@ -204,126 +121,24 @@ def start_trace_from_env() -> bool:
 
     Returns:
         Whether a tracer was started.
+
+    Example:
+        >>> os.environ["TORCHREPRO_TRACE"], os.environ["TORCHREPRO_TRACE_STEP"] = "t.jsonl", "1"
+        >>> start_trace_from_env()
+        True
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> for _ in range(2):
+        ...     opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> from torchrepro.localize import read_trace
+        >>> events = read_trace("t.jsonl")  # the ops of step 1
+        >>> [(e["op"], e["phase"]) for e in events if e["module"] == "Linear"][:2]
+        [('aten.t.default', 'forward'), ('aten.addmm.default', 'forward')]
+        >>> len(events[-1]["out"][0])  # a 128-bit digest of the last op's output
+        32
     """
-    path, step = os.environ.get(TRACE_ENV), os.environ.get(TRACE_STEP_ENV)
+    path, step = os.environ.get(_contract.TRACE), os.environ.get(_contract.TRACE_STEP)
     if not path or step is None:
         return False
     _StepTrace(Path(path), int(step))
     return True
-
-
-def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The op events of a trace file written by the tracer.
-
-    Raises:
-        RecordError: The file is missing (the run ended before the traced step) or is not
-            a trace.
-    """
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise RecordError(
-            f"no trace at {str(path)!r} ({error.strerror}); expected the traced run to reach "
-            "the divergent step. Did the run stop or crash earlier?"
-        ) from None
-    if not lines or json.loads(lines[0]).get("format") != "torchrepro-trace":
-        raise RecordError(f"{str(path)!r} is not a torchrepro trace file.")
-    return [json.loads(line) for line in lines[1:]]
-
-
-@dataclass(frozen=True)
-class Localization:
-    """Where two traces of the same step first part.
-
-    Attributes:
-        kind: ``"op"`` (an op computed a different output from the same inputs),
-            ``"input"`` (an op's inputs already differed: the difference came from outside
-            torch's ops), ``"control-flow"`` (the runs executed different ops),
-            ``"length"`` (one run executed more ops) or ``"none"`` (traces identical).
-        op: The ATen op, e.g. ``"aten.index_add_.default"``.
-        module: The innermost module it ran in, or ``OUTSIDE``.
-        phase: ``"forward"`` or ``"backward"``.
-        index: Position of the op in the traced step.
-        nondeterministic_ops: Ops with nondeterministic CUDA kernels that ran in that module
-            during the step.
-    """
-
-    kind: str
-    op: str | None = None
-    module: str | None = None
-    phase: str | None = None
-    index: int | None = None
-    other_op: str | None = None
-    other_module: str | None = None
-    nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
-
-    def describe(self) -> str:
-        """One line for the report."""
-        where = f"{self.module} ({self.phase})"
-        if self.kind == "op":
-            return (
-                f"{where}: {self.op} gave a different output from identical inputs "
-                f"(op #{self.index} of the step)"
-            )
-        if self.kind == "input":
-            return (
-                f"{where}: the inputs of {self.op} already differed (op #{self.index}); they "
-                "were made outside torch's ops (numpy, Python, I/O, another process)"
-            )
-        if self.kind == "control-flow":
-            return (
-                f"the runs executed different ops at op #{self.index}: {self.op} in "
-                f"{self.module} vs {self.other_op} in {self.other_module} ({self.phase})"
-            )
-        if self.kind == "length":
-            return f"one run executed more ops in the step, from op #{self.index} ({self.op})"
-        return "the traced step was identical in both runs"
-
-
-def _nondeterministic_in(events: Sequence[dict[str, Any]], module: str | None) -> tuple[str, ...]:
-    seen = {
-        op_base_name(event["op"])
-        for event in events
-        if event["module"] == module and op_base_name(event["op"]) in NONDETERMINISTIC_OPS
-    }
-    return tuple(sorted(seen))
-
-
-def localize(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Localization:
-    """The first op at which two traces of the same step part.
-
-    Example:
-        >>> localize(read_trace("run1.trace"), read_trace("run2.trace")).describe()
-        'layer3.0 (forward): aten.add.Tensor gave a different output from identical inputs ...'
-    """
-    for index, (x, y) in enumerate(zip(a, b)):
-        if x["op"] != y["op"]:
-            kind, op, other = "control-flow", x["op"], y["op"]
-        elif x["in"] != y["in"]:
-            kind, op, other = "input", x["op"], None
-        elif x["out"] != y["out"]:
-            kind, op, other = "op", x["op"], None
-        else:
-            continue
-        return Localization(
-            kind=kind,
-            op=op,
-            other_op=other,
-            other_module=y["module"] if other is not None else None,
-            module=x["module"],
-            phase=x["phase"],
-            index=index,
-            nondeterministic_ops=_nondeterministic_in(a, x["module"]),
-        )
-    if len(a) != len(b):
-        longer = a if len(a) > len(b) else b
-        shorter = min(len(a), len(b))
-        event = longer[shorter]
-        return Localization(
-            kind="length",
-            op=event["op"],
-            module=event["module"],
-            phase=event["phase"],
-            index=shorter,
-        )
-    return Localization(kind="none")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from torchrepro.errors import TorchReproError
+from torchrepro.errors import ExitCode, TorchReproError
 
 FINDING = 1
 USAGE_ERROR = 2
@@ -130,8 +130,8 @@ def _diff(args: argparse.Namespace) -> int:
     result = diff_records(args.a, args.b)
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
     if not result.comparable:
-        return USAGE_ERROR
-    return FINDING if not result.identical else 0
+        return ExitCode.USAGE
+    return ExitCode.FINDING if not result.identical else ExitCode.OK
 
 
 def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,7 +177,7 @@ def _check(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("\ntorchrepro check: interrupted; every run was stopped", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     if tty:
         print(file=sys.stderr)
     print(report.render())

@@ -19,8 +19,6 @@ from pathlib import Path
 from torchrepro import determinism
 from torchrepro._derive import SeedLike, normalize_seed
 from torchrepro.errors import TorchReproError
-from torchrepro.localize import start_trace_from_env
-from torchrepro.record import start_from_env
 from torchrepro.seeding import SEED_ENV, hash_seed_for, seed_everything
 
 BOOTSTRAP_ENV = "TORCHREPRO_BOOTSTRAP"
@@ -71,6 +69,9 @@ def bootstrap() -> None:
     and the recorder (``TORCHREPRO_RECORD``), in that order so that the tracer stops at the
     end of its step before the recorder digests the parameters.
     """
+    from torchrepro._tracer import start_trace_from_env
+    from torchrepro.records.writer import start_from_env
+
     if os.environ.get(NO_SEED_ENV) != "1":
         text = os.environ.get(DETERMINISTIC_ENV, "")
         seed_everything(None, deterministic=_TEXT_MODE.get(text, text))

@@ -1,7 +1,17 @@
-"""Compare two run records: environment differences first, then the first diverging step.
+"""``torchrepro diff``: two record files compared, environment first, then the first step.
 
-``diff_records(a, b)`` returns a :class:`RecordDiff`; ``RecordDiff.render()`` is the text
-``torchrepro diff`` prints.
+Example:
+    >>> for name, lr in (("a.jsonl", 0.1), ("b.jsonl", 0.2)):  # the same training, two lrs
+    ...     _ = torch.manual_seed(0); model = torch.nn.Linear(2, 1)
+    ...     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    ...     with torchrepro.record(name):
+    ...         for _ in range(2):
+    ...             opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> d = diff_records("a.jsonl", "b.jsonl")
+    >>> d.identical, d.first_step, d.tensors
+    (False, 0, ('params.weight', 'params.bias'))
+    >>> d.causes[0].split(": ")[1]
+    'look at the optimizer (learning rate, schedule, state)'
 """
 
 from __future__ import annotations
@@ -11,90 +21,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from torchrepro.env import flatten
-from torchrepro.record import Record, read_record
-
-__all__ = [
-    "EnvDifference",
-    "RecordDiff",
-    "diff_records",
-    "differing_values",
-    "entry_values",
-    "environment_differences",
-]
-
-# Why a difference in the environment can change results, by dotted key or key prefix.
-_NOTES = {
-    "python": "Python version: hashing, float formatting and library wheels can differ.",
-    "platform": "OS or kernel: usually harmless, but changes libc math and thread scheduling.",
-    "torch": "torch version: kernels, defaults and RNG consumption change between releases.",
-    "numpy": "numpy version: random streams and reductions can change between releases.",
-    "cuda": "CUDA version: different kernels and libraries (cuBLAS, cuFFT) are used.",
-    "hip": "ROCm version: different kernels are used.",
-    "cudnn": "cuDNN version: convolution algorithms and their rounding change.",
-    "nccl": "NCCL version: all-reduce algorithms and summation order can change.",
-    "gpu.count": "number of GPUs: data split and reduction order change.",
-    "gpu.names": "GPU model: different kernels, tiling and atomics order.",
-    "gpu.capability": "compute capability: different kernels (and TF32/bf16 paths) are chosen.",
-    "gpu.driver": "driver version: can change JIT-compiled kernels.",
-    "gpu": "GPU presence: a CPU run and a GPU run compute differently.",
-    "cpu.model": "CPU model: vector width (AVX2/AVX-512) changes float summation order.",
-    "cpu.count": "CPU count: default thread count and reduction split can follow it.",
-    "cpu.machine": "CPU architecture: different kernels and float behaviour.",
-    "threads": "thread count: parallel reductions split work differently.",
-    "determinism.deterministic_algorithms": "deterministic algorithms on/off: kernels differ.",
-    "determinism.deterministic_warn_only": "warn-only: nondeterministic kernels may still run.",
-    "determinism.cudnn_deterministic": "cuDNN deterministic: picks different convolution algos.",
-    "determinism.cudnn_benchmark": "cuDNN benchmark: algorithm chosen by timing, per run.",
-    "determinism.cuda_matmul_allow_tf32": "TF32 matmul: products rounded to 10-bit mantissas.",
-    "determinism.cudnn_allow_tf32": "TF32 convolutions: products rounded to 10-bit mantissas.",
-    "determinism.float32_matmul_precision": "matmul precision: TF32/bf16 internal rounding.",
-    "determinism.fill_uninitialized_memory": "uninitialised memory filled or not: a read of "
-    "it gives different values.",
-    "env_vars.PYTHONHASHSEED": "hash seed: set and dict-of-str order, hence data order.",
-    "env_vars.CUBLAS_WORKSPACE_CONFIG": "cuBLAS workspace: needed for deterministic matmuls.",
-    "env_vars.OMP_NUM_THREADS": "OpenMP threads: parallel reductions split work differently.",
-    "env_vars.MKL_NUM_THREADS": "MKL threads: BLAS splits work differently.",
-    "env_vars.CUDA_VISIBLE_DEVICES": "visible GPUs: another device or device count.",
-    "env_vars.NVIDIA_TF32_OVERRIDE": "TF32 override: changes matmul rounding.",
-    "env_vars": "environment variable read by a library at start-up.",
-    "seed": "seed: every random stream differs.",
-    "world_size": "world size: data split and all-reduce order change.",
-    "rank": "rank: each rank sees different data and seeds.",
-    "git": "code version: the training code itself differs.",
-    "python_implementation": "Python implementation: different runtime.",
-}
-# Keys that describe where a run happened, not how it computes.
-_IGNORED = (
-    "git.dirty",
-    "env_vars.TORCHREPRO_RECORD",
-    # What `torchrepro check` sets per run: the run's number and its resume instructions.
-    "env_vars.TORCHREPRO_RUN",
-    "env_vars.TORCHREPRO_STOP_AT",
-    "env_vars.TORCHREPRO_RESUME",
-    "env_vars.TORCHREPRO_CHECKPOINT_DIR",
+from torchrepro.compare.causes import (
+    EnvDifference,
+    diagnose,
+    environment_differences,
+    render_causes,
 )
+from torchrepro.compare.entries import compare_entries
+from torchrepro.errors import RecordError
+from torchrepro.records.format import OPTIMIZER, STEP, Record, entry_values, read_record
+
+__all__ = ["RecordDiff", "diff_records"]
 
 RecordLike = Union[Record, str, "os.PathLike[str]"]
-
-
-def _note(key: str) -> str:
-    while True:
-        if key in _NOTES:
-            return _NOTES[key]
-        if "." not in key:
-            return "may change results."
-        key = key.rsplit(".", 1)[0]
-
-
-@dataclass(frozen=True)
-class EnvDifference:
-    """One environment value that differs, with why it can matter."""
-
-    key: str
-    a: Any
-    b: Any
-    note: str
 
 
 @dataclass(frozen=True)
@@ -105,15 +44,18 @@ class RecordDiff:
         a, b: Paths of the records compared.
         env: Environment differences, in manifest order.
         comparable: False when the digests cannot be compared (different digest
-            algorithms, or different step structure); ``reason`` says why.
+            algorithms); ``reason`` says why.
         reason: Why the records are not comparable, else None.
         steps_compared: Number of entries compared.
         first_step: Step index of the first entry whose digests differ, else None.
         first_entry: Position (0-based) of that entry in the files, else None.
         optimizer: Optimizer index of that entry, else None.
-        tensors: What differs in that entry, e.g. ``"params.fc.weight"``, ``"log.loss"``.
+        tensors: What differs in that entry, e.g. ``"params.fc.weight"``, ``"log.loss"``
+            (``"steps"`` when the entries are of different steps or optimizers).
         length_a, length_b: Number of entries in each record.
         truncated_a, truncated_b: Whether each record was cut short by a crash.
+        details: The two values of each differing key.
+        causes: The likely causes of the divergence (see :func:`diagnose`).
     """
 
     a: str
@@ -131,6 +73,7 @@ class RecordDiff:
     truncated_a: bool = False
     truncated_b: bool = False
     details: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    causes: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -155,6 +98,7 @@ class RecordDiff:
             "length_b": self.length_b,
             "truncated_a": self.truncated_a,
             "truncated_b": self.truncated_b,
+            "causes": list(self.causes),
         }
 
     def render(self) -> str:
@@ -181,9 +125,7 @@ class RecordDiff:
             for name in self.tensors:
                 a, b = self.details.get(name, (None, None))
                 out.append(f"  {name}: {_short(a)} -> {_short(b)}")
-            hint = _hint(self.tensors)
-            if hint:
-                out.append(hint)
+            out += render_causes(self.causes)
         elif self.length_a != self.length_b:
             shorter = "A" if self.length_a < self.length_b else "B"
             out.append(
@@ -200,57 +142,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _hint(tensors: tuple[str, ...]) -> str | None:
-    sections = {t.split(".", 1)[0].split("[", 1)[0] for t in tensors}
-    if "batch" in sections:
-        return "hint: the input batch already differs: look at data order and augmentation."
-    if "rng" in sections:
-        return "hint: an RNG state differs: look for extra or missing random draws."
-    if "params" in sections and not sections & {"grads", "log"}:
-        return (
-            "hint: inputs, loss and gradients (where recorded) match but updated parameters "
-            "differ: look at the optimizer (learning rate, schedule, state)."
-        )
-    if "grads" in sections and "log" not in sections:
-        return "hint: the loss matches but gradients differ: look at backward kernels."
-    return None
-
-
-def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
-    """Everything comparable in an entry, as ``section.name -> value``, in causal order."""
-    out: dict[str, Any] = {}
-    for i, digests in enumerate(entry.get("batch", [])):
-        for j, d in enumerate(digests):
-            out[f"batch[{i}][{j}]"] = d
-    for section in ("rng", "log", "grads", "params"):
-        for name, value in entry.get(section, {}).items():
-            # json.dumps keeps the float exact and tells NaN apart from a missing value.
-            out[f"{section}.{name}"] = value if isinstance(value, str) else json.dumps(value)
-    return out
-
-
-def differing_values(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
-    """The values (``section.name``) that differ between two entries, in causal order."""
-    va, vb = entry_values(a), entry_values(b)
-    keys = [*va, *(k for k in vb if k not in va)]
-    return tuple(k for k in keys if va.get(k) != vb.get(k))
-
-
-def environment_differences(
-    env_a: dict[str, Any], env_b: dict[str, Any]
-) -> tuple[EnvDifference, ...]:
-    """The values that differ between two environment manifests, each with why it matters."""
-    fa, fb = flatten(env_a), flatten(env_b)
-    diffs = []
-    for key in [*fa, *(k for k in fb if k not in fa)]:
-        if key in _IGNORED:
-            continue
-        va, vb = fa.get(key), fb.get(key)
-        if va != vb:
-            diffs.append(EnvDifference(key, va, vb, _note(key)))
-    return tuple(diffs)
-
-
 def _load(r: RecordLike) -> Record:
     return r if isinstance(r, Record) else read_record(r)
 
@@ -259,7 +150,8 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
     """Compare two run records.
 
     Environment differences come first (each with a note on why it can change results),
-    then the first step whose digests differ and every value that differs in it.
+    then the first step whose digests differ, every value that differs in it, and the
+    likely causes.
 
     Args:
         a, b: Records, or paths to record files.
@@ -271,9 +163,16 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
         RecordError: if a file cannot be read as a record.
 
     Example:
-        >>> d = diff_records("a.jsonl", "b.jsonl")
-        >>> (d.identical, d.first_step, d.tensors[:1])
-        (False, 5, ('params.fc.weight',))
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with torchrepro.record("a.jsonl"):
+        ...     for _ in range(2):
+        ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> print(diff_records("a.jsonl", "a.jsonl").render())
+        A: a.jsonl (2 steps)
+        B: a.jsonl (2 steps)
+        environment: identical
+        IDENTICAL: all 2 steps match
     """
     ra, rb = _load(a), _load(b)
     env = environment_differences(ra.env, rb.env)
@@ -285,50 +184,31 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
         "length_b": len(rb.entries),
         "truncated_a": ra.truncated,
         "truncated_b": rb.truncated,
+        "first_step": None,
+        "first_entry": None,
+        "optimizer": None,
+        "tensors": (),
     }
     for n, (ea, eb) in enumerate(zip(ra.entries, rb.entries)):
-        alg_a, alg_b = ea.get("algorithm"), eb.get("algorithm")
-        if alg_a != alg_b:
+        try:
+            found = compare_entries(ea, eb)
+        except RecordError as error:
+            return RecordDiff(**base, comparable=False, reason=str(error), steps_compared=n)
+        if found is not None:
+            va, vb = entry_values(ea), entry_values(eb)
             return RecordDiff(
-                **base,
-                comparable=False,
-                reason=(
-                    f"step {ea.get('step')} was digested with {alg_a} in A and {alg_b} in B; "
-                    "digests of different algorithms never match, so a difference would mean "
-                    "nothing. Record both runs with the same algorithm (e.g. "
-                    "record(..., algorithm='lanes') on CPU to compare with a GPU run)."
-                ),
-                steps_compared=n,
-                first_step=None,
-                first_entry=None,
-                optimizer=None,
-                tensors=(),
-            )
-        differing = differing_values(ea, eb)
-        va, vb = entry_values(ea), entry_values(eb)
-        if (
-            differing
-            or ea.get("step") != eb.get("step")
-            or ea.get("optimizer") != eb.get("optimizer")
-        ):
-            return RecordDiff(
-                **base,
+                **{
+                    **base,
+                    "first_step": ea.get(STEP),
+                    "first_entry": n,
+                    "optimizer": ea.get(OPTIMIZER),
+                    "tensors": found.keys,
+                },
                 comparable=True,
                 reason=None,
                 steps_compared=n + 1,
-                first_step=ea.get("step"),
-                first_entry=n,
-                optimizer=ea.get("optimizer"),
-                tensors=differing or ("step/optimizer order",),
-                details={k: (va.get(k), vb.get(k)) for k in differing},
+                details={k: (va.get(k), vb.get(k)) for k in found.keys},
+                causes=tuple(diagnose(found.keys, environment=env, manifests=[ra.env, rb.env])),
             )
-    return RecordDiff(
-        **base,
-        comparable=True,
-        reason=None,
-        steps_compared=min(len(ra.entries), len(rb.entries)),
-        first_step=None,
-        first_entry=None,
-        optimizer=None,
-        tensors=(),
-    )
+    steps = min(len(ra.entries), len(rb.entries))
+    return RecordDiff(**base, comparable=True, reason=None, steps_compared=steps)

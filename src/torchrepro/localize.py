@@ -1,0 +1,272 @@
+"""Localization: which module, and which ATen op in it, first computed something different.
+
+Once two runs are known to part at step ``s``, both are run again up to ``s`` with the op
+tracer on (:mod:`torchrepro._tracer`, started by the ``torchrepro run`` bootstrap when
+``TORCHREPRO_TRACE`` names a file and ``TORCHREPRO_TRACE_STEP`` a step). From the end of
+step ``s - 1`` to the end of step ``s`` it sees every ATen op and writes a trace: a header
+line ``{"format": "torchrepro-trace", "step": s}``, then one :func:`trace_event` per op:
+its name, the module it ran in (forward, or backward), and exact digests of its tensor
+inputs and outputs. :func:`localize` then walks the two traces side by side: the culprit
+is the first op whose output differs while its inputs matched. If an op's inputs differ
+before any op went wrong, the difference came from outside torch's ops (numpy, Python,
+I/O, another process), and the op and module that first received it are named.
+
+This module reads traces and imports no torch, so the launching process of
+``torchrepro check`` uses it.
+
+Example:
+    >>> a = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y"])]
+    >>> b = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y2"])]
+    >>> found = localize(a, b)
+    >>> found.kind, found.op, found.module, found.phase
+    ('op', 'aten.mm.default', 'fc', 'forward')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchrepro.errors import RecordError
+
+__all__ = [
+    "NONDETERMINISTIC_OPS",
+    "OUTSIDE",
+    "TRACE_FORMAT",
+    "Localization",
+    "localize",
+    "op_base_name",
+    "read_trace",
+    "trace_event",
+]
+
+TRACE_FORMAT = "torchrepro-trace"
+OUTSIDE = "(outside any module)"
+
+# ATen ops whose CUDA kernels are nondeterministic (atomics) or have no deterministic
+# implementation, by op base name; from PyTorch's use_deterministic_algorithms docs.
+NONDETERMINISTIC_OPS = frozenset(
+    {
+        "index_add",
+        "index_add_",
+        "index_copy",
+        "index_copy_",
+        "index_put",
+        "index_put_",
+        "_index_put_impl_",
+        "scatter",
+        "scatter_",
+        "scatter_add",
+        "scatter_add_",
+        "scatter_reduce",
+        "scatter_reduce_",
+        "put",
+        "put_",
+        "embedding_dense_backward",
+        "embedding_bag",
+        "_embedding_bag",
+        "_embedding_bag_backward",
+        "histc",
+        "bincount",
+        "kthvalue",
+        "median",
+        "cumsum",
+        "cumsum_",
+        "nll_loss2d_forward",
+        "nll_loss2d_backward",
+        "ctc_loss",
+        "_ctc_loss",
+        "_ctc_loss_backward",
+        "grid_sampler_2d_backward",
+        "grid_sampler_3d_backward",
+        "adaptive_avg_pool2d_backward",
+        "_adaptive_avg_pool2d_backward",
+        "adaptive_avg_pool3d_backward",
+        "_adaptive_avg_pool3d_backward",
+        "adaptive_max_pool2d_backward",
+        "adaptive_max_pool3d_backward",
+        "avg_pool3d_backward",
+        "max_pool3d_with_indices_backward",
+        "fractional_max_pool2d_backward",
+        "fractional_max_pool3d_backward",
+        "max_unpool1d",
+        "max_unpool2d",
+        "max_unpool3d",
+        "reflection_pad1d_backward",
+        "reflection_pad2d_backward",
+        "reflection_pad3d_backward",
+        "replication_pad1d_backward",
+        "replication_pad2d_backward",
+        "replication_pad3d_backward",
+        "upsample_linear1d_backward",
+        "upsample_bilinear2d_backward",
+        "upsample_bicubic2d_backward",
+        "upsample_trilinear3d_backward",
+        "_scaled_dot_product_efficient_attention_backward",
+        "_scaled_dot_product_flash_attention_backward",
+        "_scaled_dot_product_cudnn_attention_backward",
+    }
+)
+
+
+def op_base_name(op: str) -> str:
+    """``"aten.index_add_.default"`` -> ``"index_add_"``.
+
+    Example:
+        >>> op_base_name("aten.index_add_.default") in NONDETERMINISTIC_OPS
+        True
+    """
+    parts = op.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "aten" else parts[0]
+
+
+def trace_event(
+    op: str, module: str, phase: str, inputs: list[str], outputs: list[str]
+) -> dict[str, Any]:
+    """One op of a trace: its name, module, phase and the digests of its inputs and outputs.
+
+    Example:
+        >>> trace_event("aten.add.Tensor", OUTSIDE, "forward", ["a", "b"], ["c"])["module"]
+        '(outside any module)'
+    """
+    return {"op": op, "module": module, "phase": phase, "in": inputs, "out": outputs}
+
+
+def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The op events of a trace file written by the tracer.
+
+    Raises:
+        RecordError: The file is missing (the run ended before the traced step) or is not
+            a trace.
+
+    Example:
+        >>> read_trace("run1.trace")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.RecordError: no trace at 'run1.trace' (No such file or directory); ...
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else error.reason
+        raise RecordError(
+            f"no trace at {str(path)!r} ({reason}); expected the traced run to reach "
+            "the divergent step. Did the run stop or crash earlier?"
+        ) from None
+    try:
+        found = [json.loads(line) for line in lines]
+    except json.JSONDecodeError as error:
+        found = [error.msg]
+    if not found or not isinstance(found[0], dict) or found[0].get("format") != TRACE_FORMAT:
+        raise RecordError(
+            f"{str(path)!r} is not a torchrepro trace file; got {(lines or [''])[0][:80]!r}; "
+            f"expected JSON lines under a header with format={TRACE_FORMAT!r}. Pass a trace "
+            "written by the op tracer of a torchrepro check replay."
+        )
+    return found[1:]
+
+
+@dataclass(frozen=True)
+class Localization:
+    """Where two traces of the same step first part.
+
+    Attributes:
+        kind: ``"op"`` (an op computed a different output from the same inputs),
+            ``"input"`` (an op's inputs already differed: the difference came from outside
+            torch's ops), ``"control-flow"`` (the runs executed different ops),
+            ``"length"`` (one run executed more ops) or ``"none"`` (traces identical).
+        op: The ATen op, e.g. ``"aten.index_add_.default"``.
+        module: The innermost module it ran in, or ``OUTSIDE``.
+        phase: ``"forward"`` or ``"backward"``.
+        index: Position of the op in the traced step.
+        nondeterministic_ops: Ops with nondeterministic CUDA kernels that ran in that module
+            during the step.
+    """
+
+    kind: str
+    op: str | None = None
+    module: str | None = None
+    phase: str | None = None
+    index: int | None = None
+    other_op: str | None = None
+    other_module: str | None = None
+    nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        """One line for the report."""
+        where = f"{self.module} ({self.phase})"
+        if self.kind == "op":
+            return (
+                f"{where}: {self.op} gave a different output from identical inputs "
+                f"(op #{self.index} of the step)"
+            )
+        if self.kind == "input":
+            return (
+                f"{where}: the inputs of {self.op} already differed (op #{self.index}); they "
+                "were made outside torch's ops (numpy, Python, I/O, another process)"
+            )
+        if self.kind == "control-flow":
+            return (
+                f"the runs executed different ops at op #{self.index}: {self.op} in "
+                f"{self.module} vs {self.other_op} in {self.other_module} ({self.phase})"
+            )
+        if self.kind == "length":
+            return f"one run executed more ops in the step, from op #{self.index} ({self.op})"
+        return "the traced step was identical in both runs"
+
+
+def _nondeterministic_in(events: Sequence[dict[str, Any]], module: str | None) -> tuple[str, ...]:
+    seen = {
+        op_base_name(event["op"])
+        for event in events
+        if event["module"] == module and op_base_name(event["op"]) in NONDETERMINISTIC_OPS
+    }
+    return tuple(sorted(seen))
+
+
+def localize(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Localization:
+    """The first op at which two traces of the same step part.
+
+    Example:
+        >>> a = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x"], ["y"])]
+        >>> localize(a, a).kind
+        'none'
+        >>> b = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x2"], ["y"])]
+        >>> print(localize(a, b).describe())  # doctest: +ELLIPSIS
+        layer3.0 (forward): the inputs of aten.add.Tensor already differed (op #0); they ...
+    """
+    for index, (x, y) in enumerate(zip(a, b)):
+        if x["op"] != y["op"]:
+            kind, op, other = "control-flow", x["op"], y["op"]
+        elif x["in"] != y["in"]:
+            kind, op, other = "input", x["op"], None
+        elif x["out"] != y["out"]:
+            kind, op, other = "op", x["op"], None
+        else:
+            continue
+        return Localization(
+            kind=kind,
+            op=op,
+            other_op=other,
+            other_module=y["module"] if other is not None else None,
+            module=x["module"],
+            phase=x["phase"],
+            index=index,
+            nondeterministic_ops=_nondeterministic_in(a, x["module"]),
+        )
+    if len(a) != len(b):
+        longer = a if len(a) > len(b) else b
+        shorter = min(len(a), len(b))
+        event = longer[shorter]
+        return Localization(
+            kind="length",
+            op=event["op"],
+            module=event["module"],
+            phase=event["phase"],
+            index=shorter,
+        )
+    return Localization(kind="none")
