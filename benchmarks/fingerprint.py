@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from torchrepro.digests import _digest_tensors
-from torchrepro.record import record
+from torchrepro.records import record
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import torchrepro
+import torchrepro.records.writer as record_writer
 
 # torch.use_deterministic_algorithms imports torch._inductor on first use. Import it once
 # here, outside any test: an import that fails half-way inside a test (a warning turned
@@ -36,8 +37,7 @@ def _restore_global_state() -> Iterator[None]:
         yield
     os.environ.clear()
     os.environ.update(environ)
-    writer = sys.modules.get("torchrepro.record")  # imported by the first recording only
-    active = writer._active if writer is not None else None
+    active = record_writer._active
     if active is not None:
         active.close()
     assert active is None, "a test left a recording open"
@@ -46,7 +46,7 @@ def _restore_global_state() -> Iterator[None]:
 # What the `torchrepro run` bootstrap does: start recording from the environment, then run
 # the user's script unchanged as __main__.
 BOOTSTRAP = (
-    "import runpy, sys; from torchrepro.record import start_from_env; start_from_env(); "
+    "import runpy, sys; from torchrepro.records import start_from_env; start_from_env(); "
     "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
 )
 

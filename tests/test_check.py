@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro.check import CheckError, CheckReport, check, check_reproducible
+from torchrepro.check import CheckReport, check, check_reproducible
 from torchrepro.cli import main
+from torchrepro.errors import CheckError
 
 SCRIPT = [PYTHON, str(SCRIPTS / "check_train.py")]
 KINDS = [PYTHON, str(SCRIPTS / "check_kinds.py")]

@@ -11,7 +11,7 @@ import pytest
 from conftest import finish, run_recorded, start_recorded
 from torchrepro.cli import main
 from torchrepro.compare import diff_records
-from torchrepro.record import read_record
+from torchrepro.records import read_record
 
 PARAMS = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
 

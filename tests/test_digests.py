@@ -32,7 +32,7 @@ CASES: dict[str, Callable[[], torch.Tensor]] = {
 }
 
 # Golden digests: (xxh3_128, lanes64x2-v1). A change here changes every record ever written:
-# bump the algorithm's name ("-v2") and record.SCHEMA_VERSION instead of editing a value.
+# bump the algorithm's name ("-v2") and records.SCHEMA_VERSION instead of editing a value.
 GOLDEN = {
     "float32": ("0ec7e0a8d228c7247d5e79f98747cacb", "06325aed34605ea89c508ee03065a67b"),
     "float64": ("cc49f44386245567d119a4d86e2c5c1c", "17e890790248282fdd6b36d9fdfc5d2a"),

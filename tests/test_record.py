@@ -5,15 +5,17 @@ import math
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import torchrepro
 from conftest import BOOTSTRAP, PYTHON, SCRIPTS, TORCHRUN, child_env, run_recorded
+from torchrepro import _sources
 from torchrepro.digests import fingerprint
 from torchrepro.errors import RecordError
-from torchrepro.record import SCHEMA_VERSION, read_record, start_from_env
+from torchrepro.records import SCHEMA_VERSION, read_record, start_from_env
 
 CNN_NAMES = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
 
@@ -77,8 +79,27 @@ def test_optional_grads_batch_and_rng_are_recorded(tmp_path: Path) -> None:
         "bias": fingerprint(model.bias.grad),
     }  # type: ignore[arg-type]
     assert entry["batch"] == [[fingerprint(x)]]
-    assert entry["rng"]["torch"] == fingerprint(torch.get_rng_state())
-    assert set(entry["rng"]) >= {"torch", "numpy", "python"}
+    assert list(entry["rng"])[:3] == ["python", "numpy", "torch"]  # in the table's order
+    (torch_source,) = (s for s in _sources.available_sources() if s.name == "torch")
+    assert entry["rng"]["torch"] == fingerprint(torch_source.encode(torch_source.get_state()))
+
+
+def test_rng_digests_cover_registered_generators_and_follow_their_state(tmp_path: Path) -> None:
+    augment = np.random.default_rng(0)
+    name = torchrepro.register_generator(augment, "augment")
+    try:
+        weight = nn.Parameter(torch.ones(2))
+        opt = torch.optim.SGD([weight], lr=0.1)
+        with torchrepro.record(tmp_path / "r.jsonl", rng=True) as recorder:
+            opt.step()
+            augment.random()
+            opt.step()
+            opt.step()
+    finally:
+        _sources.unregister(name)
+    first, second, third = (e["rng"] for e in read_record(recorder.path).entries)
+    assert name in first and first[name] != second[name] == third[name]
+    assert first["torch"] == second["torch"] == third["torch"]
 
 
 def test_parameters_of_modules_that_never_ran_are_named_by_group_and_index(

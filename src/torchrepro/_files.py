@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any, TextIO, cast
 
 PathLike = str | os.PathLike[str]
 
@@ -26,12 +28,40 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         PosixPath('state.bin')
     """
     target = Path(path)
+    with _replacing(target, "wb") as file:
+        file.write(data)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path: PathLike) -> Iterator[TextIO]:
+    """A UTF-8 text file that replaces ``path`` atomically and durably when the block ends.
+
+    What is written streams to a temporary file, as in :func:`atomic_write_bytes`; ``path``
+    is replaced only when the with-block ends without an exception, so a reader never sees
+    a partial file and a failed write leaves the previous file (or none) in place.
+
+    Example:
+        >>> with atomic_text_writer("trace.jsonl") as file:
+        ...     _ = file.write("line 1\\n")
+        ...     Path("trace.jsonl").exists()
+        False
+        >>> Path("trace.jsonl").read_text()
+        'line 1\\n'
+    """
+    with _replacing(Path(path), "w") as file:
+        yield cast(TextIO, file)
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, mode: str) -> Iterator[IO[Any]]:
     handle, temp_name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(handle, mode, encoding=encoding) as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, target)
@@ -40,7 +70,6 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             os.unlink(temp_name)
         raise
     _fsync_directory(target.parent)
-    return target
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -94,11 +94,11 @@ def bootstrap() -> None:
         mode = _flags.mode_from_text(os.environ.get(_contract.DETERMINISTIC, ""))
         seed_everything(None, deterministic=mode)
     if os.environ.get(_contract.TRACE):
-        from torchrepro.localize import start_trace_from_env
+        from torchrepro._tracer import start_trace_from_env
 
         start_trace_from_env()
     if os.environ.get(_contract.RECORD):
-        from torchrepro.record import start_from_env
+        from torchrepro.records.writer import start_from_env
 
         start_from_env()
 

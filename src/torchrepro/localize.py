@@ -1,37 +1,50 @@
 """Localization: which module, and which ATen op in it, first computed something different.
 
-Once two runs are known to part at step ``s``, both are run again up to ``s`` with a
-tracer on. From the end of step ``s - 1`` to the end of step ``s`` the tracer sees every
-ATen op (through a ``TorchDispatchMode``) and writes, per op: its name, the module it ran
-in (forward, or backward through ``torch.utils.module_tracker``), and exact digests of its
-tensor inputs and outputs. :func:`localize` then walks the two traces side by side: the
-culprit is the first op whose output differs while its inputs matched. If an op's inputs
-differ before any op went wrong, the difference came from outside torch's ops (numpy,
-Python, I/O, another process), and the op and module that first received it are named.
+Once two runs are known to part at step ``s``, both are run again up to ``s`` with the op
+tracer on (:mod:`torchrepro._tracer`, started by the ``torchrepro run`` bootstrap when
+``TORCHREPRO_TRACE`` names a file and ``TORCHREPRO_TRACE_STEP`` a step). From the end of
+step ``s - 1`` to the end of step ``s`` it sees every ATen op and writes a trace: a header
+line ``{"format": "torchrepro-trace", "step": s}``, then one :func:`trace_event` per op:
+its name, the module it ran in (forward, or backward), and exact digests of its tensor
+inputs and outputs. :func:`localize` then walks the two traces side by side: the culprit
+is the first op whose output differs while its inputs matched. If an op's inputs differ
+before any op went wrong, the difference came from outside torch's ops (numpy, Python,
+I/O, another process), and the op and module that first received it are named.
 
-The tracer runs in the traced process and is started by the ``torchrepro run`` bootstrap
-when ``TORCHREPRO_TRACE`` names a file and ``TORCHREPRO_TRACE_STEP`` a step.
+This module reads traces and imports no torch, so the launching process of
+``torchrepro check`` uses it.
+
+Example:
+    >>> a = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y"])]
+    >>> b = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y2"])]
+    >>> found = localize(a, b)
+    >>> found.kind, found.op, found.module, found.phase
+    ('op', 'aten.mm.default', 'fc', 'forward')
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-
-from torchrepro.digests import _digest_tensors
 from torchrepro.errors import RecordError
 
-TRACE_ENV = "TORCHREPRO_TRACE"
-TRACE_STEP_ENV = "TORCHREPRO_TRACE_STEP"
+__all__ = [
+    "NONDETERMINISTIC_OPS",
+    "OUTSIDE",
+    "TRACE_FORMAT",
+    "Localization",
+    "localize",
+    "op_base_name",
+    "read_trace",
+    "trace_event",
+]
+
+TRACE_FORMAT = "torchrepro-trace"
 OUTSIDE = "(outside any module)"
 
 # ATen ops whose CUDA kernels are nondeterministic (atomics) or have no deterministic
@@ -101,115 +114,26 @@ NONDETERMINISTIC_OPS = frozenset(
 
 
 def op_base_name(op: str) -> str:
-    """``"aten.index_add_.default"`` -> ``"index_add_"``."""
+    """``"aten.index_add_.default"`` -> ``"index_add_"``.
+
+    Example:
+        >>> op_base_name("aten.index_add_.default") in NONDETERMINISTIC_OPS
+        True
+    """
     parts = op.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "aten" else parts[0]
 
 
-def _module_tracker() -> Any:
-    try:
-        from torch.utils.module_tracker import ModuleTracker
-    except ImportError:  # torch < 2.4: ops are traced without their module
-        return None
-    return ModuleTracker()
+def trace_event(
+    op: str, module: str, phase: str, inputs: list[str], outputs: list[str]
+) -> dict[str, Any]:
+    """One op of a trace: its name, module, phase and the digests of its inputs and outputs.
 
-
-def _innermost(parents: Iterable[str]) -> str:
-    """The deepest module name, without the root's class name ("Net.layer3.0" -> "layer3.0")."""
-    names = [name for name in parents if name != "Global"]
-    if not names:
-        return OUTSIDE
-    deepest = max(names, key=lambda name: (name.count("."), name))
-    root, _, rest = deepest.partition(".")
-    return rest or root
-
-
-class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Digests every op's tensor inputs and outputs while active."""
-
-    def __init__(self, tracker: Any) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.tracker = tracker
-        self.events: list[dict[str, Any]] = []
-        self.pid = os.getpid()
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if os.getpid() != self.pid:  # a DataLoader worker forked while tracing
-            return func(*args, **kwargs)
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        # Digest inputs before the call: an in-place op overwrites them.
-        before = _digest_tensors(inputs, None).hexdigests() if inputs else []
-        out = func(*args, **kwargs)
-        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        after = _digest_tensors(outputs, None).hexdigests() if outputs else []
-        tracker = self.tracker
-        backward = torch._C._current_graph_task_id() != -1
-        self.events.append(
-            {
-                "op": str(func),
-                "module": _innermost(tracker.parents) if tracker is not None else OUTSIDE,
-                "phase": "backward" if backward else "forward",
-                "in": before,
-                "out": after,
-            }
-        )
-        return out
-
-
-class _StepTrace:
-    """Turns the tracer on from the end of step ``step - 1`` to the end of step ``step``."""
-
-    def __init__(self, path: Path, step: int) -> None:
-        self.path, self.step = path, step
-        self.steps_seen = 0
-        self.tracker = _module_tracker()
-        self.tracer: _Tracer | None = None
-        self.handle = register_optimizer_step_post_hook(self._on_step)
-        if step == 0:
-            self._start()
-
-    def _start(self) -> None:
-        if self.tracker is not None:
-            self.tracker.__enter__()
-        self.tracer = _Tracer(self.tracker)
-        self.tracer.__enter__()  # type: ignore[no-untyped-call]
-
-    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.steps_seen += 1
-        if self.tracer is not None:
-            tracer, self.tracer = self.tracer, None
-            tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-            if self.tracker is not None:
-                self.tracker.__exit__(None, None, None)
-            self.handle.remove()
-            _write_trace(self.path, self.step, tracer.events)
-        elif self.steps_seen == self.step:
-            self._start()
-
-
-def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(json.dumps({"format": "torchrepro-trace", "step": step}) + "\n")
-        for event in events:
-            file.write(json.dumps(event, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-
-
-def start_trace_from_env() -> bool:
-    """Starts the step tracer if ``TORCHREPRO_TRACE`` and ``TORCHREPRO_TRACE_STEP`` are set.
-
-    Returns:
-        Whether a tracer was started.
+    Example:
+        >>> trace_event("aten.add.Tensor", OUTSIDE, "forward", ["a", "b"], ["c"])["module"]
+        '(outside any module)'
     """
-    path, step = os.environ.get(TRACE_ENV), os.environ.get(TRACE_STEP_ENV)
-    if not path or step is None:
-        return False
-    _StepTrace(Path(path), int(step))
-    return True
+    return {"op": op, "module": module, "phase": phase, "in": inputs, "out": outputs}
 
 
 def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -218,17 +142,32 @@ def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Raises:
         RecordError: The file is missing (the run ended before the traced step) or is not
             a trace.
+
+    Example:
+        >>> read_trace("run1.trace")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.RecordError: no trace at 'run1.trace' (No such file or directory); ...
     """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else error.reason
         raise RecordError(
-            f"no trace at {str(path)!r} ({error.strerror}); expected the traced run to reach "
+            f"no trace at {str(path)!r} ({reason}); expected the traced run to reach "
             "the divergent step. Did the run stop or crash earlier?"
         ) from None
-    if not lines or json.loads(lines[0]).get("format") != "torchrepro-trace":
-        raise RecordError(f"{str(path)!r} is not a torchrepro trace file.")
-    return [json.loads(line) for line in lines[1:]]
+    try:
+        found = [json.loads(line) for line in lines]
+    except json.JSONDecodeError as error:
+        found = [error.msg]
+    if not found or not isinstance(found[0], dict) or found[0].get("format") != TRACE_FORMAT:
+        raise RecordError(
+            f"{str(path)!r} is not a torchrepro trace file; got {(lines or [''])[0][:80]!r}; "
+            f"expected JSON lines under a header with format={TRACE_FORMAT!r}. Pass a trace "
+            "written by the op tracer of a torchrepro check replay."
+        )
+    return found[1:]
 
 
 @dataclass(frozen=True)
@@ -293,8 +232,12 @@ def localize(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Locali
     """The first op at which two traces of the same step part.
 
     Example:
-        >>> localize(read_trace("run1.trace"), read_trace("run2.trace")).describe()
-        'layer3.0 (forward): aten.add.Tensor gave a different output from identical inputs ...'
+        >>> a = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x"], ["y"])]
+        >>> localize(a, a).kind
+        'none'
+        >>> b = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x2"], ["y"])]
+        >>> print(localize(a, b).describe())  # doctest: +ELLIPSIS
+        layer3.0 (forward): the inputs of aten.add.Tensor already differed (op #0); they ...
     """
     for index, (x, y) in enumerate(zip(a, b)):
         if x["op"] != y["op"]:

@@ -1,0 +1,376 @@
+"""``torchrepro check``: run a training several times, compare, and say where and why it parts.
+
+Each run is a separate process started under ``torchrepro run`` seeding with the recorder
+on (parameters, gradients, the batch and RNG digests every optimizer step), with no
+change to the script. In lockstep mode (the default) the runs go side by side and their
+records are compared as they grow: the first divergence stops them all, so a divergence at
+step 5 of a 10,000-step training costs about 5 steps. Then both runs are replayed up to that
+step with the op tracer on (:mod:`torchrepro.localize`) to name the module and op, and the
+environment manifests are compared.
+
+This process only starts runs and reads their JSON records: it imports no torch.
+Exit status of the command (:class:`~torchrepro.errors.ExitCode`): 0 identical,
+1 diverged, 2 usage error, 3 a run failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchrepro import _contract
+from torchrepro import localize as loc
+from torchrepro.check.plot import plot as draw_plot
+from torchrepro.check.report import DIVERGED, FAILED, IDENTICAL, CheckReport, Divergence
+from torchrepro.check.session import (
+    POLL_SECONDS,
+    Run,
+    RunTimeout,
+    Session,
+    stop_on_signals,
+    stop_process,
+)
+from torchrepro.compare import diagnose, environment_differences
+from torchrepro.errors import CheckError, RecordError
+from torchrepro.launch import child_environment, resolve_root
+from torchrepro.records.format import BATCH, OPTIONS, RNG
+
+if TYPE_CHECKING:
+    from torchrepro._derive import SeedLike
+
+__all__ = ["check", "check_reproducible"]
+
+
+def check(
+    command: Sequence[str],
+    *,
+    runs: int = 2,
+    max_steps: int | None = None,
+    seed: SeedLike | None = None,
+    deterministic: bool | str | None = None,
+    lockstep: bool = True,
+    no_seed: bool = False,
+    localize: bool = True,
+    timeout: float | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    resume_at: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CheckReport:
+    """Runs ``command`` ``runs`` times as separate processes and compares their records.
+
+    Args:
+        command: The command, e.g. ``["python", "train.py", "--epochs", "1"]``.
+        runs: How many runs (at least 2).
+        max_steps: Stop the runs after this many optimizer steps.
+        seed: Root seed for every run (default: ``TORCHREPRO_SEED``, else a fresh one).
+        deterministic: As for ``seed_everything``: ``None``, ``True``, ``"warn"``, ``False``.
+        lockstep: Run side by side and stop at the first divergence; else one after another.
+        no_seed: Record only, without torchrepro seeding: checks the script as it is.
+        localize: After a divergence, replay to name the module and op.
+        timeout: Seconds each phase may take before the runs count as failed.
+        workdir: Where records and logs go (default: a temporary folder, removed after).
+        progress: Called with a short progress text.
+        plot: Write a PNG of, per step, how many recorded values differ and how far the
+            logged numbers (e.g. the loss) are apart; the runs then go on after the first
+            divergence. Needs matplotlib.
+        resume_at: Compare one uninterrupted run with one stopped after step K and
+            resumed in a new process: the second gets ``TORCHREPRO_STOP_AT=K``, then
+            ``TORCHREPRO_RESUME=1``, and each run its own ``TORCHREPRO_CHECKPOINT_DIR``.
+        env: Extra environment variables for every run.
+
+    Returns:
+        A :class:`CheckReport`; ``.exit_code`` is the command's exit status.
+
+    Raises:
+        CheckError: Bad arguments, or the command cannot be started.
+        RecordError: A run's record is corrupt, or the runs' records are not comparable.
+
+    Example:
+        >>> _ = Path("train.py").write_text(
+        ...     "import torch\\n"
+        ...     "model = torch.nn.Linear(2, 1)\\n"
+        ...     "opt = torch.optim.SGD(model.parameters(), lr=0.1)\\n"
+        ...     "for _ in range(3):\\n"
+        ...     "    opt.zero_grad(); model(torch.randn(4, 2)).sum().backward(); opt.step()\\n"
+        ... )
+        >>> report = check([sys.executable, "train.py"], seed=1)
+        >>> report.verdict, report.steps_compared, report.exit_code
+        ('identical', 3, <ExitCode.OK: 0>)
+    """
+    if runs < 2:
+        raise CheckError(f"runs must be at least 2; got {runs}. Pass --runs 2 or more.")
+    if max_steps is not None and max_steps < 1:
+        raise CheckError(f"max_steps must be at least 1; got {max_steps}.")
+    if not command:
+        raise CheckError("no command given; pass e.g. ['python', 'train.py'].")
+    if resume_at is not None and (resume_at < 1 or runs != 2):
+        raise CheckError(
+            f"resume_at needs K >= 1 and exactly 2 runs; got K={resume_at}, runs={runs}."
+        )
+    with _workdir(workdir) as folder:
+        root = resolve_root(seed)
+        base = child_environment(root, deterministic, {**os.environ, **(env or {})})
+        base[_contract.RECORD_WITH] = ",".join(OPTIONS)
+        base.setdefault(_contract.REPLICA_EVERY, "1")
+        if no_seed:
+            base[_contract.NO_SEED] = "1"
+            for name in (_contract.HASH_SEED, _contract.SEED):
+                base.pop(name, None)
+                if name in os.environ:
+                    base[name] = os.environ[name]
+        side_by_side = lockstep or resume_at is not None
+        if side_by_side and "OMP_NUM_THREADS" not in base:
+            # Runs side by side share the cores: without a limit each would start one
+            # thread per core and they would thrash. Every run gets the same count, so the
+            # comparison stays fair; the manifest records it.
+            base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // runs))
+        session = Session(command, folder, base, timeout, progress)
+        report = CheckReport(IDENTICAL, list(command), None if no_seed else root, [])
+        report.resume_at = resume_at
+        report.threads = base.get("OMP_NUM_THREADS")
+        # Runs live in sessions of their own (so that stopping one stops its workers and
+        # ranks): a terminal hang-up or a kill of check must still stop them.
+        restore_signals = stop_on_signals()
+        try:
+            if resume_at is not None:
+                _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
+            else:
+                _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
+            d = report.divergence
+            if d is not None and localize and d.keys and d.section not in (BATCH, RNG):
+                if d.rank is not None:
+                    report.notes.append(
+                        "first differing module: not localized (the op replay traces one "
+                        "process; multi-rank runs are compared by their records only)"
+                    )
+                elif resume_at is not None and d.entry >= resume_at:
+                    report.notes.append(
+                        "first differing module: not localized (the replay would run "
+                        "uninterrupted; the difference comes with the resume)"
+                    )
+                else:
+                    report.localization = _trace(session, d)
+        except RunTimeout:
+            report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
+        finally:
+            try:
+                session.close()
+            finally:
+                restore_signals()
+        report.runs = [run.outcome for run in session.runs if run.name != "replay"]
+        report.notes += _replica_notes(session)
+        headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
+        if len(headers) >= 2:
+            report.environment = list(environment_differences(headers[0]["env"], headers[1]["env"]))
+        if report.verdict != FAILED and not headers:
+            report.verdict = FAILED
+            report.message = (
+                "no run wrote a record: was torchrepro importable by the command's "
+                "Python, and did it start with -S, -I or -E?"
+            )
+        report.causes = diagnose(
+            None if report.divergence is None else report.divergence.keys,
+            environment=report.environment,
+            manifests=[header.get("env") or {} for header in headers],
+            localization=report.localization,
+            seeded=not no_seed,
+            deterministic=bool(deterministic),
+        )
+        report.series = {f"{a}-{b}": values for (a, b), values in session.series.items()}
+        if plot is not None:
+            draw_plot(report, Path(plot))
+        return report
+
+
+def _compare_runs(
+    session: Session,
+    report: CheckReport,
+    runs: int,
+    max_steps: int | None,
+    lockstep: bool,
+    stop_early: bool,
+) -> None:
+    if lockstep:
+        started = [session.start(i) for i in range(1, runs + 1)]
+        compared, divergence, crashed = session.watch(started, None, max_steps, stop_early)
+        session.stop(started)
+    else:
+        first = session.start(1)
+        compared, divergence, crashed = session.watch([first], None, max_steps, stop_early)
+        session.stop([first])
+        for index in range(2, runs + 1):
+            if crashed is not None or (divergence is not None and stop_early):
+                break
+            run = session.start(index)
+            compared, found, crashed = session.watch([run], first, max_steps, stop_early)
+            divergence = divergence or found
+            session.stop([run])
+    _conclude(report, compared, divergence, crashed)
+
+
+def _compare_resumed(
+    session: Session,
+    report: CheckReport,
+    resume_at: int,
+    max_steps: int | None,
+    stop_early: bool,
+) -> None:
+    """One uninterrupted run against one stopped after ``resume_at`` steps and resumed."""
+    files = session.workdir / "checkpoints"
+    full = session.start(1, {_contract.CHECKPOINT_DIR: str(files / "run1")})
+    resumed_env = {_contract.CHECKPOINT_DIR: str(files / "run2")}
+    first_leg = session.start(2, {**resumed_env, _contract.STOP_AT: str(resume_at)})
+    compared, divergence, crashed = session.watch([full, first_leg], None, resume_at, stop_early)
+    if crashed is None and divergence is None:
+        try:
+            code = first_leg.process.wait(session.timeout)
+        except subprocess.TimeoutExpired:
+            raise RunTimeout() from None
+        first_leg.tail.poll()
+        if code != 0:
+            crashed = first_leg
+        elif len(first_leg.tail.entries) != resume_at:
+            session.stop([full])
+            report.verdict = FAILED
+            report.message = (
+                f"run 2 was asked to stop after step {resume_at} but recorded "
+                f"{len(first_leg.tail.entries)} steps: does the script honour {_contract.STOP_AT}, "
+                f"{_contract.RESUME} and {_contract.CHECKPOINT_DIR}? (examples/resume.py shows how)"
+            )
+            return
+    if crashed is None and divergence is None:
+        second_leg = session.start(2, {**resumed_env, _contract.RESUME: "1"}, name="resumed")
+        more, divergence, crashed = session.watch(
+            [second_leg], full, max_steps, stop_early, skip=resume_at
+        )
+        compared += more
+    session.stop(session.runs)
+    _conclude(report, compared, divergence, crashed)
+
+
+def _conclude(
+    report: CheckReport, compared: int, divergence: Divergence | None, crashed: Run | None
+) -> None:
+    report.steps_compared = compared
+    if crashed is not None:
+        report.verdict = FAILED
+        report.message = (
+            f"run {crashed.outcome.index} exited with status "
+            f"{crashed.process.returncode} after {len(crashed.tail.entries)} steps"
+        )
+    elif divergence is not None:
+        report.verdict, report.divergence = DIVERGED, divergence
+    elif compared == 0:
+        report.verdict = FAILED
+        report.message = (
+            "the runs recorded no optimizer step: does the command call "
+            "optimizer.step() in a Python that can import torchrepro?"
+        )
+
+
+def _trace(session: Session, divergence: Divergence) -> loc.Localization | None:
+    """Replays the two diverging runs up to the divergent entry with the op tracer on."""
+    traces = []
+    runs = []
+    for index in (divergence.a, divergence.b):
+        path = session.workdir / f"trace{index}.jsonl"
+        traces.append(path)
+        runs.append(
+            session.start(
+                index,
+                {_contract.TRACE: str(path), _contract.TRACE_STEP: str(divergence.entry)},
+                name="replay",
+            )
+        )
+    started = time.monotonic()
+    while not all(path.exists() or run.finished() for path, run in zip(traces, runs)):
+        if session.timeout is not None and time.monotonic() - started > session.timeout:
+            break
+        time.sleep(POLL_SECONDS)
+    for run in runs:
+        stop_process(run.process)
+    try:
+        return loc.localize(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
+    except RecordError:
+        return None
+
+
+def _replica_notes(session: Session) -> list[str]:
+    """One line per run whose replica check found a rank drifting from rank 0."""
+    notes = []
+    for run in session.runs:
+        drift = run.tail.replica_drift()
+        if drift and run.name != "replay":
+            step, replicas = drift[0]
+            rank, name = replicas["drifting"][0]
+            more = len(replicas["drifting"]) - 1
+            notes.append(
+                f"replicas: in {run.name} {run.outcome.index} after step {step}, rank {rank}'s "
+                f"{name} differs from rank 0's" + (f" (+{more} more)" if more else "")
+            )
+    return notes
+
+
+@contextlib.contextmanager
+def _workdir(path: str | os.PathLike[str] | None) -> Iterator[Path]:
+    if path is not None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="torchrepro-check-") as tmp:
+        yield Path(tmp)
+
+
+def check_reproducible(
+    fn: Callable[[], object], runs: int = 2, steps: int | None = None, **options: Any
+) -> CheckReport:
+    """Runs a module-level function in ``runs`` fresh processes and compares their records.
+
+    ``fn`` must be importable by its module name (defined at the top level of a module);
+    the folder of its module is put on the runs' ``PYTHONPATH``. Options are those of
+    :func:`check`.
+
+    Example:
+        >>> _ = Path("tiny.py").write_text(
+        ...     "import torch\\n"
+        ...     "def train():\\n"
+        ...     "    model = torch.nn.Linear(2, 1)\\n"
+        ...     "    opt = torch.optim.SGD(model.parameters(), lr=0.1)\\n"
+        ...     "    for _ in range(3):\\n"
+        ...     "        opt.zero_grad(); model(torch.randn(4, 2)).sum().backward(); opt.step()\\n"
+        ... )
+        >>> sys.path.insert(0, os.getcwd()); import tiny
+        >>> check_reproducible(tiny.train, steps=2, seed=1).verdict
+        'identical'
+        >>> sys.path.remove(os.getcwd()); del sys.modules["tiny"]
+    """
+    module, name = fn.__module__, fn.__qualname__
+    if "<" in name or module == "__main__":
+        raise CheckError(
+            f"{module}.{name} cannot be imported by a fresh process; define it at the top "
+            "level of a module other than the script being run."
+        )
+    env = dict(options.pop("env", None) or {})
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if file is not None:
+        paths = [
+            str(Path(file).resolve().parent),
+            env.get("PYTHONPATH", os.environ.get("PYTHONPATH", "")),
+        ]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+    command = [
+        sys.executable,
+        "-c",
+        f"import importlib; importlib.import_module({module!r}).{name}()",
+    ]
+    return check(command, runs=runs, max_steps=steps, env=env, **options)

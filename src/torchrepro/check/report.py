@@ -1,0 +1,187 @@
+"""What ``torchrepro check`` found: the verdict, each run, the first divergence and why.
+
+Example:
+    >>> runs = [RunOutcome(1, "run1.jsonl", steps=2), RunOutcome(2, "run2.jsonl", steps=2)]
+    >>> report = CheckReport(IDENTICAL, ["python", "train.py"], 3, runs, steps_compared=2)
+    >>> print(report.render())
+    bitwise identical: 2 runs, 2 steps compared
+      environment: identical
+    >>> report.exit_code
+    <ExitCode.OK: 0>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchrepro.compare import EnvDifference, describe_difference, render_causes
+from torchrepro.errors import ExitCode
+from torchrepro.localize import Localization
+from torchrepro.records.format import STEPS, section_of
+
+__all__ = ["DIVERGED", "FAILED", "IDENTICAL", "CheckReport", "Divergence", "RunOutcome"]
+
+IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
+_EXIT_CODES = {IDENTICAL: ExitCode.OK, DIVERGED: ExitCode.FINDING, FAILED: ExitCode.RUN_FAILED}
+
+
+@dataclass
+class RunOutcome:
+    """One run of the command.
+
+    Attributes:
+        index: 1-based run number.
+        record: Path of its record file.
+        name: ``"run"``; ``"resumed"`` for the second leg of a resumed run; ``"replay"``
+            for a localization replay.
+        steps: Entries recorded.
+        returncode: Exit status, or None if check stopped it (early stop).
+        stopped: Whether check stopped it.
+        stderr_tail: The last lines of its standard error.
+    """
+
+    index: int
+    record: str
+    name: str = "run"
+    steps: int = 0
+    returncode: int | None = None
+    stopped: bool = False
+    stderr_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first entry at which run ``b`` differs from run ``a``.
+
+    Under torchrun, ``rank`` is the rank where the difference appears first (its batch or
+    logged values before the all-reduced gradients every rank shares), ``ranks`` every rank
+    that differs at that entry; both stay empty for a single process.
+
+    Example:
+        >>> d = Divergence(1, 2, entry=3, step=3, optimizer=0, keys=("grads.fc.weight",))
+        >>> d.section, d.describe()
+        ('grads', 'gradients of fc.weight')
+    """
+
+    a: int
+    b: int
+    entry: int
+    step: int | None
+    optimizer: int | None
+    keys: tuple[str, ...]
+    rank: int | None = None
+    ranks: tuple[int, ...] = ()
+
+    @property
+    def section(self) -> str:
+        """Where the first difference is: batch, rng, log, grads, params or steps."""
+        return section_of(self.keys[0]) if self.keys else STEPS
+
+    def describe(self) -> str:
+        """The first differing record, in words."""
+        return describe_difference(self.keys)
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found. ``render()`` is the text the command prints."""
+
+    verdict: str
+    command: list[str]
+    seed: int | None
+    runs: list[RunOutcome]
+    steps_compared: int = 0
+    divergence: Divergence | None = None
+    localization: Localization | None = None
+    environment: list[EnvDifference] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)
+    message: str = ""
+    series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    resume_at: int | None = None
+    threads: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """OK (0) identical, FINDING (1) diverged, RUN_FAILED (3) a run failed."""
+        return _EXIT_CODES[self.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        """The full report as JSON-serialisable data (``--json``)."""
+        return {
+            "verdict": self.verdict,
+            "exit_code": int(self.exit_code),
+            "command": self.command,
+            "seed": self.seed,
+            "steps_compared": self.steps_compared,
+            "runs": [vars(run) for run in self.runs],
+            "divergence": None
+            if self.divergence is None
+            else {**vars(self.divergence), "section": self.divergence.section},
+            "localization": None if self.localization is None else vars(self.localization),
+            "environment": [vars(d) for d in self.environment],
+            "causes": self.causes,
+            "message": self.message,
+            "series": self.series,
+            "resume_at": self.resume_at,
+            "threads": self.threads,
+            "notes": self.notes,
+        }
+
+    def render(self) -> str:
+        """The human-readable verdict."""
+        if self.verdict == FAILED:
+            return "\n".join(self._failure())
+        lines = self._identical() if self.verdict == IDENTICAL else self._divergence()
+        lines += [f"  {note}" for note in self.notes]
+        if self.threads is not None:
+            lines.append(f"  threads: OMP_NUM_THREADS={self.threads} in every run")
+        if self.environment:
+            lines.append(f"  environment: {len(self.environment)} difference(s)")
+            lines += [f"    {e.key}: {e.a} vs {e.b} ({e.note})" for e in self.environment]
+        else:
+            lines.append("  environment: identical")
+        lines += render_causes(self.causes, indent="  ")
+        return "\n".join(lines)
+
+    def _failure(self) -> list[str]:
+        lines = [f"FAILED: {self.message}"]
+        for run in self.runs:
+            if run.stderr_tail and not run.stopped and run.returncode not in (0, None):
+                lines.append(
+                    f"  run {run.index} exited with status {run.returncode}; its stderr ends with:"
+                )
+                lines += [f"    {line}" for line in run.stderr_tail.splitlines()]
+        return lines
+
+    def _identical(self) -> list[str]:
+        runs = sum(run.name == "run" for run in self.runs)
+        resumed = (
+            ""
+            if self.resume_at is None
+            else f" (run 2 stopped after step {self.resume_at} and resumed in a new process)"
+        )
+        return [f"bitwise identical: {runs} runs, {self.steps_compared} steps compared{resumed}"]
+
+    def _divergence(self) -> list[str]:
+        d = self.divergence
+        assert d is not None, "a diverged report has a divergence"
+        after_resume = self.resume_at is not None and d.entry >= self.resume_at
+        lines = [
+            f"DIVERGED at step {d.step}"
+            + (f" on rank {d.rank}" if d.rank is not None else "")
+            + f" (of {self.steps_compared} compared)"
+            + (f", run {d.b} vs run {d.a}" if d.b != 2 or d.a != 1 else "")
+            + (" after the resume" if after_resume else ""),
+            f"  first differing record: {d.describe()}",
+        ]
+        if len(d.ranks) > 1:
+            lines.append(
+                "  ranks that differ at that step: "
+                + ", ".join(map(str, d.ranks))
+                + f" (rank {d.rank} first)"
+            )
+        if self.localization is not None:
+            lines.append(f"  first differing module: {self.localization.describe()}")
+        return lines

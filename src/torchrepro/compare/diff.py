@@ -1,0 +1,214 @@
+"""``torchrepro diff``: two record files compared, environment first, then the first step.
+
+Example:
+    >>> for name, lr in (("a.jsonl", 0.1), ("b.jsonl", 0.2)):  # the same training, two lrs
+    ...     _ = torch.manual_seed(0); model = torch.nn.Linear(2, 1)
+    ...     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    ...     with torchrepro.record(name):
+    ...         for _ in range(2):
+    ...             opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> d = diff_records("a.jsonl", "b.jsonl")
+    >>> d.identical, d.first_step, d.tensors
+    (False, 0, ('params.weight', 'params.bias'))
+    >>> d.causes[0].split(": ")[1]
+    'look at the optimizer (learning rate, schedule, state)'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from torchrepro.compare.causes import (
+    EnvDifference,
+    diagnose,
+    environment_differences,
+    render_causes,
+)
+from torchrepro.compare.entries import compare_entries
+from torchrepro.errors import RecordError
+from torchrepro.records.format import OPTIMIZER, STEP, Record, entry_values, read_record
+
+__all__ = ["RecordDiff", "diff_records"]
+
+RecordLike = Union[Record, str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class RecordDiff:
+    """The comparison of two records.
+
+    Attributes:
+        a, b: Paths of the records compared.
+        env: Environment differences, in manifest order.
+        comparable: False when the digests cannot be compared (different digest
+            algorithms); ``reason`` says why.
+        reason: Why the records are not comparable, else None.
+        steps_compared: Number of entries compared.
+        first_step: Step index of the first entry whose digests differ, else None.
+        first_entry: Position (0-based) of that entry in the files, else None.
+        optimizer: Optimizer index of that entry, else None.
+        tensors: What differs in that entry, e.g. ``"params.fc.weight"``, ``"log.loss"``
+            (``"steps"`` when the entries are of different steps or optimizers).
+        length_a, length_b: Number of entries in each record.
+        truncated_a, truncated_b: Whether each record was cut short by a crash.
+        details: The two values of each differing key.
+        causes: The likely causes of the divergence (see :func:`diagnose`).
+    """
+
+    a: str
+    b: str
+    env: tuple[EnvDifference, ...]
+    comparable: bool
+    reason: str | None
+    steps_compared: int
+    first_step: int | None
+    first_entry: int | None
+    optimizer: int | None
+    tensors: tuple[str, ...]
+    length_a: int
+    length_b: int
+    truncated_a: bool = False
+    truncated_b: bool = False
+    details: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    causes: tuple[str, ...] = ()
+
+    @property
+    def identical(self) -> bool:
+        """True when every entry matches and both records have the same length."""
+        return self.comparable and self.first_entry is None and self.length_a == self.length_b
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form, for ``torchrepro diff --json``."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "identical": self.identical,
+            "comparable": self.comparable,
+            "reason": self.reason,
+            "env": [vars(d) for d in self.env],
+            "steps_compared": self.steps_compared,
+            "first_step": self.first_step,
+            "first_entry": self.first_entry,
+            "optimizer": self.optimizer,
+            "tensors": list(self.tensors),
+            "length_a": self.length_a,
+            "length_b": self.length_b,
+            "truncated_a": self.truncated_a,
+            "truncated_b": self.truncated_b,
+            "causes": list(self.causes),
+        }
+
+    def render(self) -> str:
+        """The human-readable report ``torchrepro diff`` prints."""
+        out = [f"A: {self.a} ({self.length_a} steps{', cut short' if self.truncated_a else ''})"]
+        out.append(
+            f"B: {self.b} ({self.length_b} steps{', cut short' if self.truncated_b else ''})"
+        )
+        if self.env:
+            out.append(f"environment: {len(self.env)} difference(s)")
+            for d in self.env:
+                out.append(f"  {d.key}: {_short(d.a)} -> {_short(d.b)}  ({d.note})")
+        else:
+            out.append("environment: identical")
+        if not self.comparable:
+            out.append(f"NOT COMPARABLE: {self.reason}")
+            return "\n".join(out)
+        if self.first_entry is not None:
+            opt = f" (optimizer {self.optimizer})" if self.optimizer else ""
+            out.append(
+                f"DIVERGED at step {self.first_step}{opt}: {len(self.tensors)} of the recorded "
+                f"values differ ({self.steps_compared - 1} earlier steps identical)"
+            )
+            for name in self.tensors:
+                a, b = self.details.get(name, (None, None))
+                out.append(f"  {name}: {_short(a)} -> {_short(b)}")
+            out += render_causes(self.causes)
+        elif self.length_a != self.length_b:
+            shorter = "A" if self.length_a < self.length_b else "B"
+            out.append(
+                f"all {self.steps_compared} common steps identical, but {shorter} stops early "
+                f"({self.length_a} vs {self.length_b} steps)"
+            )
+        else:
+            out.append(f"IDENTICAL: all {self.steps_compared} steps match")
+        return "\n".join(out)
+
+
+def _short(value: Any) -> str:
+    text = "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _load(r: RecordLike) -> Record:
+    return r if isinstance(r, Record) else read_record(r)
+
+
+def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
+    """Compare two run records.
+
+    Environment differences come first (each with a note on why it can change results),
+    then the first step whose digests differ, every value that differs in it, and the
+    likely causes.
+
+    Args:
+        a, b: Records, or paths to record files.
+
+    Returns:
+        A :class:`RecordDiff`; ``.identical`` is the verdict, ``.render()`` the report.
+
+    Raises:
+        RecordError: if a file cannot be read as a record.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with torchrepro.record("a.jsonl"):
+        ...     for _ in range(2):
+        ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> print(diff_records("a.jsonl", "a.jsonl").render())
+        A: a.jsonl (2 steps)
+        B: a.jsonl (2 steps)
+        environment: identical
+        IDENTICAL: all 2 steps match
+    """
+    ra, rb = _load(a), _load(b)
+    env = environment_differences(ra.env, rb.env)
+    base: dict[str, Any] = {
+        "a": ra.path,
+        "b": rb.path,
+        "env": env,
+        "length_a": len(ra.entries),
+        "length_b": len(rb.entries),
+        "truncated_a": ra.truncated,
+        "truncated_b": rb.truncated,
+        "first_step": None,
+        "first_entry": None,
+        "optimizer": None,
+        "tensors": (),
+    }
+    for n, (ea, eb) in enumerate(zip(ra.entries, rb.entries)):
+        try:
+            found = compare_entries(ea, eb)
+        except RecordError as error:
+            return RecordDiff(**base, comparable=False, reason=str(error), steps_compared=n)
+        if found is not None:
+            va, vb = entry_values(ea), entry_values(eb)
+            return RecordDiff(
+                **{
+                    **base,
+                    "first_step": ea.get(STEP),
+                    "first_entry": n,
+                    "optimizer": ea.get(OPTIMIZER),
+                    "tensors": found.keys,
+                },
+                comparable=True,
+                reason=None,
+                steps_compared=n + 1,
+                details={k: (va.get(k), vb.get(k)) for k in found.keys},
+                causes=tuple(diagnose(found.keys, environment=env, manifests=[ra.env, rb.env])),
+            )
+    steps = min(len(ra.entries), len(rb.entries))
+    return RecordDiff(**base, comparable=True, reason=None, steps_compared=steps)

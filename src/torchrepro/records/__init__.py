@@ -1,0 +1,50 @@
+"""Run records: the format and reading it back, the live tail, and the writer.
+
+:mod:`~torchrepro.records.format` (the file layout, schema version, rank-file names,
+:func:`read_record`) and :mod:`~torchrepro.records.tail` (:class:`RecordTail`) import no
+torch, so the launching process of ``torchrepro check`` reads records without it; the
+writer (:func:`record`, :func:`log`, :class:`Recorder`) is imported when first used.
+
+Example:
+    >>> model = torch.nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with torchrepro.records.record("run.jsonl"):
+    ...     for _ in range(2):
+    ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> len(torchrepro.records.read_record("run.jsonl").entries)
+    2
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torchrepro.records.format import FORMAT, SCHEMA_VERSION, Record, rank_path, read_record
+from torchrepro.records.tail import RecordTail
+
+if TYPE_CHECKING:
+    from torchrepro.records.writer import Recorder, log, record, start_from_env
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "Record",
+    "RecordTail",
+    "Recorder",
+    "log",
+    "rank_path",
+    "read_record",
+    "record",
+    "start_from_env",
+]
+
+_WRITER = ("Recorder", "log", "record", "start_from_env")
+
+
+def __getattr__(name: str) -> Any:
+    # The writer needs torch; importing it only when asked keeps the reader torch-free.
+    if name in _WRITER:
+        from torchrepro.records import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

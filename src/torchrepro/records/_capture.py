@@ -1,0 +1,119 @@
+"""What a record entry holds besides the parameters: batch tensors, RNG digests, log values.
+
+Also the names under which the parameters are recorded. The writer
+(:mod:`torchrepro.records.writer`) calls these in its hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+import torch
+
+from torchrepro._sources import RNGSource, available_sources
+from torchrepro.digests import fingerprint
+
+__all__ = ["LogValue", "log_value", "parameter_names", "rng_digests", "tensors_in"]
+
+LogValue = Union[int, float, bool, str, torch.Tensor]
+"""What :func:`torchrepro.log` takes: a number, a string or a tensor."""
+
+
+def tensors_in(obj: Any, out: list[torch.Tensor]) -> None:
+    """Appends the tensors in ``obj`` (nested lists, tuples, mappings) to ``out``, in order.
+
+    Example:
+        >>> found: list[torch.Tensor] = []
+        >>> tensors_in((torch.ones(1), {"mask": torch.zeros(2)}, "text"), found)
+        >>> [t.shape[0] for t in found]
+        [1, 2]
+    """
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            tensors_in(item, out)
+    elif isinstance(obj, Mapping):
+        for key in obj:
+            tensors_in(obj[key], out)
+
+
+def _in_use(source: RNGSource) -> bool:
+    """Whether a source's state can be read without side effects.
+
+    Reading a device generator initialises its backend (a CUDA context, memory on every
+    visible GPU): only worth it, and only safe before forked workers, once the training
+    uses that device. A registered device generator means the device is in use; a
+    backend that cannot say (MPS) is read whenever it is available.
+    """
+    if source.host:
+        return True
+    backend = getattr(torch, source.name, None)
+    is_initialized = getattr(backend, "is_initialized", None)
+    return is_initialized is None or bool(is_initialized())
+
+
+def rng_digests() -> dict[str, str]:
+    """Digests of every RNG source in use, by name, from its plain-data state.
+
+    Example:
+        >>> before = rng_digests()
+        >>> _ = torch.rand(1)
+        >>> [name for name, digest in rng_digests().items() if digest != before[name]]
+        ['torch']
+    """
+    return {
+        source.name: str(fingerprint(source.encode(source.get_state())))
+        for source in available_sources()
+        if _in_use(source)
+    }
+
+
+def parameter_names(optimizer: torch.optim.Optimizer, ran: Iterable[torch.nn.Module]) -> list[str]:
+    """Names for an optimizer's parameters: module paths, from the modules that ran forward.
+
+    Outermost modules give full paths (``"encoder.0.weight"``), whichever order they ran
+    in; a parameter of no module that ran is ``group{g}.{i}``.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> extra = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([*model.parameters(), extra], lr=0.1)
+        >>> parameter_names(opt, [model, model[0]])
+        ['0.weight', '0.bias', 'group0.2']
+    """
+    wanted: dict[int, int] = {}
+    fallback: list[str] = []
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            wanted[id(p)] = len(fallback)
+            fallback.append(f"group{g}.{i}")
+    names: list[str | None] = [None] * len(fallback)
+    modules = list(ran)
+    inner = {id(sub) for m in modules for sub in m.modules() if sub is not m}
+    # Outermost modules give full paths ("encoder.0.weight"), whichever order they ran in.
+    roots = [m for m in modules if id(m) not in inner]
+    roots.sort(key=lambda m: (-sum(1 for _ in m.parameters()), type(m).__qualname__))
+    used: set[str] = set()
+    for root in roots:
+        for name, p in root.named_parameters():
+            slot = wanted.get(id(p))
+            if slot is not None and names[slot] is None and name not in used:
+                names[slot] = name
+                used.add(name)
+    return [n if n is not None else f for n, f in zip(names, fallback)]
+
+
+def log_value(value: LogValue, algorithm: str | None) -> Any:
+    """What the record holds for a logged value: numbers as numbers, larger tensors digested.
+
+    Example:
+        >>> log_value(torch.tensor(0.5), None), len(log_value(torch.zeros(3), None))
+        (0.5, 32)
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            return value.detach().item()
+        return str(fingerprint(value, algorithm=algorithm))
+    return value

@@ -1,0 +1,312 @@
+"""The run record format: its layout, schema version, rank-file names, and reading it back.
+
+A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERSION`:
+
+* line 1, the header, written at the first optimizer step (no step, no file) so that its
+  environment manifest shows what the script set up (threads, flags):
+  ``{"format": "torchrepro-record", "schema_version": 2, "created": "...", "rank": 0,
+  "world_size": 1, "options": {...}, "env": {...environment manifest...}}``
+* then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
+  "params": {"fc.weight": "<32 hex>", ...}, "grads": {...}, "batch": [[...], ...],
+  "rng": {"python": ..., "numpy": ..., "torch": ..., "generator:aug": ...},
+  "log": {"loss": 0.69}}`` (the optional sections only when switched on or used), and
+  under DDP, at the steps where the replicas were compared, ``"replicas": {"step": 0,
+  "checked": 4, "drifting": [[1, "fc.weight"]]}`` (see :mod:`torchrepro.distributed`).
+  ``rng`` holds one digest per RNG source of :mod:`torchrepro._sources` in use, by name.
+
+Each line is written and flushed as its step ends, so a crash loses at most the step in
+flight; :func:`read_record` reads a record cut mid-line back to its last complete entry.
+With several ranks each writes its own file (:func:`rank_path`). Nothing here imports
+torch: the launching process of ``torchrepro check`` reads records with it.
+
+Example:
+    >>> model = torch.nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with torchrepro.record("run.jsonl"):
+    ...     for _ in range(2):
+    ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> rec = read_record("run.jsonl")
+    >>> rec.header["schema_version"], [entry["step"] for entry in rec.entries]
+    (2, [0, 1])
+    >>> list(entry_values(rec.entries[0]))
+    ['params.weight', 'params.bias']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchrepro.errors import RecordError
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "SECTIONS",
+    "Record",
+    "causal_rank",
+    "entry_values",
+    "header",
+    "parse_entry",
+    "parse_header",
+    "rank_files",
+    "rank_path",
+    "read_record",
+    "section_of",
+]
+
+FORMAT = "torchrepro-record"
+# Bump when the entry layout or any digest algorithm changes: old records stay readable
+# only by the version that wrote them, and diff refuses to compare across versions.
+# 2: "rng" digests every source of the RNG table (MPS, XPU, registered generators), by
+# source name, from its plain-data state.
+SCHEMA_VERSION = 2
+
+# Keys of an entry.
+STEP = "step"
+OPTIMIZER = "optimizer"
+ALGORITHM = "algorithm"
+REPLICAS = "replicas"
+BATCH = "batch"
+RNG = "rng"
+LOG = "log"
+GRADS = "grads"
+PARAMS = "params"
+SECTIONS = (BATCH, RNG, LOG, GRADS, PARAMS)
+"""The recorded sections in causal order: the batch goes in, random draws, the loss is
+logged, gradients are computed, the parameters updated. A difference that appears in an
+earlier section is the likelier cause of one in a later section."""
+STEPS = "steps"
+"""The pseudo-section of a difference in the entries themselves (step or optimizer order,
+or the number of steps): it comes before every section."""
+RANKS = "ranks"
+"""The key under which a run of several ranks merges the ranks' entries of one step."""
+OPTIONS = (GRADS, BATCH, RNG)
+"""The optional sections a recording can switch on (``record(grads=True, ...)``)."""
+
+
+def header(
+    *, rank: int, world_size: int, options: dict[str, Any], env: dict[str, Any], created: str
+) -> dict[str, Any]:
+    """The header line of a record written by rank ``rank`` of ``world_size``.
+
+    Example:
+        >>> header(rank=0, world_size=1, options={}, env={}, created="now")["format"]
+        'torchrepro-record'
+    """
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": created,
+        "rank": rank,
+        "world_size": world_size,
+        "options": options,
+        "env": env,
+    }
+
+
+def section_of(key: str) -> str:
+    """The section of a value's key: ``"params.fc.weight"`` -> ``"params"``.
+
+    Example:
+        >>> section_of("batch[0][1]"), section_of("log.loss"), section_of(STEPS)
+        ('batch', 'log', 'steps')
+    """
+    return key.split(".", 1)[0].split("[", 1)[0]
+
+
+def causal_rank(section: str) -> int:
+    """Where a section comes in causal order (``steps`` first; unknown sections last).
+
+    Example:
+        >>> sorted(["params", "batch", "grads"], key=causal_rank)
+        ['batch', 'grads', 'params']
+    """
+    order = (STEPS, *SECTIONS)
+    return order.index(section) if section in order else len(order)
+
+
+def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
+    """Everything comparable in an entry, as ``section.name -> value``, in causal order.
+
+    Batch digests are keyed ``batch[i][j]`` (the ``j``-th tensor of the ``i``-th outermost
+    call of the step); logged numbers are kept as exact JSON text.
+
+    Example:
+        >>> entry_values({"step": 0, "params": {"w": "ab"}, "log": {"loss": 0.5}})
+        {'log.loss': '0.5', 'params.w': 'ab'}
+    """
+    out: dict[str, Any] = {}
+    for i, digests in enumerate(entry.get(BATCH, [])):
+        for j, digest in enumerate(digests):
+            out[f"{BATCH}[{i}][{j}]"] = digest
+    for section in SECTIONS[1:]:
+        for name, value in entry.get(section, {}).items():
+            # json.dumps keeps the float exact and tells NaN apart from a missing value.
+            out[f"{section}.{name}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def rank_path(path: str | os.PathLike[str], world_size: int, rank: int) -> Path:
+    """The file a rank writes: ``path`` itself for one process, else ``stem.rank{r}.suffix``.
+
+    Example:
+        >>> str(rank_path("runs/a.jsonl", 4, 2))
+        'runs/a.rank2.jsonl'
+    """
+    p = Path(path)
+    if world_size <= 1:
+        return p
+    return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+
+
+def rank_files(path: str | os.PathLike[str]) -> dict[int, Path]:
+    """The per-rank files of a record asked for at ``path`` that exist now, by rank.
+
+    Example:
+        >>> for rank in (1, 0):
+        ...     _ = rank_path("run.jsonl", 2, rank).write_text("")
+        >>> rank_files("run.jsonl")
+        {0: PosixPath('run.rank0.jsonl'), 1: PosixPath('run.rank1.jsonl')}
+    """
+    p = Path(path)
+    prefix, suffix = f"{p.stem}.rank", p.suffix
+    found = {}
+    for candidate in p.parent.glob(f"{prefix}*{suffix}"):
+        number = candidate.name[len(prefix) : len(candidate.name) - len(suffix)]
+        if number.isdigit() and rank_path(p, 2, int(number)) == candidate:
+            found[int(number)] = candidate
+    return dict(sorted(found.items()))
+
+
+def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of the record at ``path`` from its first line, checked.
+
+    Raises:
+        RecordError: if the line is not a torchrepro record header, or of another schema
+            version than this library's.
+
+    Example:
+        >>> old = '{"format": "torchrepro-record", "schema_version": 1}'
+        >>> parse_header(old, "old.jsonl")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.RecordError: 'old.jsonl' has record schema version 1; expected 2. ...
+    """
+    try:
+        found = json.loads(line)
+    except json.JSONDecodeError:
+        found = None
+    if not isinstance(found, dict) or found.get("format") != FORMAT:
+        raise RecordError(
+            f"{str(path)!r} does not start with a torchrepro record header; got "
+            f"{line[:80]!r}; expected a JSON object with format={FORMAT!r}. "
+            "Pass a file written by torchrepro.record."
+        )
+    version = found.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RecordError(
+            f"{str(path)!r} has record schema version {version!r}; expected {SCHEMA_VERSION}. "
+            "Read it with the torchrepro version that wrote it, or record the run again."
+        )
+    return found
+
+
+def parse_entry(line: str, path: str | os.PathLike[str], number: int) -> dict[str, Any]:
+    """The step entry on complete line ``number`` (1-based) of the record at ``path``.
+
+    Raises:
+        RecordError: if the line is not JSON (a torn or mixed write) or not a step entry.
+
+    Example:
+        >>> parse_entry('{"step": 0, "params": {}}', "run.jsonl", 2)
+        {'step': 0, 'params': {}}
+        >>> parse_entry('{"step": 0, "par', "run.jsonl", 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.RecordError: 'run.jsonl' line 2 is corrupt (...); expected one JSON ...
+    """
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RecordError(
+            f"{str(path)!r} line {number} is corrupt ({e.msg}); expected one JSON entry per "
+            "line. Only the last line may be partial; the file was modified or mixed."
+        ) from e
+    if not isinstance(entry, dict) or STEP not in entry:
+        raise RecordError(
+            f"{str(path)!r} line {number} is not a step entry; got {line[:80]!r}; expected "
+            'an object with "step". The file was modified or mixed.'
+        )
+    return entry
+
+
+@dataclass(frozen=True)
+class Record:
+    """A run record read back: its header, its step entries, and whether it was cut short.
+
+    Attributes:
+        path: Where it was read from.
+        header: The header line (format, schema version, rank, options, env manifest).
+        entries: One dict per optimizer step, in the order they were written.
+        truncated: True if the file ended in a partial line (a crash mid-write).
+    """
+
+    path: str
+    header: dict[str, Any]
+    entries: list[dict[str, Any]]
+    truncated: bool = False
+
+    @property
+    def env(self) -> dict[str, Any]:
+        """The environment manifest of the recorded process."""
+        env: dict[str, Any] = self.header.get("env", {})
+        return env
+
+
+def read_record(path: str | os.PathLike[str]) -> Record:
+    """Read a run record, up to its last complete entry.
+
+    Args:
+        path: A file written by :func:`torchrepro.record` (one rank's file under torchrun).
+
+    Returns:
+        The :class:`Record`.
+
+    Raises:
+        RecordError: if the file is empty, its header is not a torchrepro header, its schema
+            version is not this library's, or a complete line in the middle is corrupt.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with torchrepro.record("run.jsonl", grads=True):
+        ...     for _ in range(2):
+        ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> rec = read_record("run.jsonl")
+        >>> len(rec.entries), sorted(rec.entries[1]), rec.truncated
+        (2, ['algorithm', 'grads', 'optimizer', 'params', 'step'], False)
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(
+            f"cannot read record {str(p)!r}: {e}; expected a JSON-lines file written by "
+            "torchrepro.record. Check the path."
+        ) from e
+    lines = text.split("\n")
+    # A file that does not end in a newline was cut mid-write: its last line is partial.
+    tail = lines.pop()
+    found = parse_header(lines[0] if lines else tail, p)
+    entries = [parse_entry(line, p, number) for number, line in enumerate(lines[1:], start=2)]
+    truncated = False
+    if tail and lines:
+        try:
+            entries.append(parse_entry(tail, p, len(lines) + 1))
+        except RecordError:
+            truncated = True
+    return Record(str(p), found, entries, truncated)
