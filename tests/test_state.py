@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import torchrepro
-from torchrepro import _codec, _container, _files, _sources, state
+from torchrepro import _codec, _files, _sources, state
 from torchrepro.errors import StateError
-from torchrepro.state import RNGState, load_rng, save_rng
+from torchrepro.state import RNGState, _container, load_rng, save_rng
 
 
 @pytest.fixture(autouse=True)
