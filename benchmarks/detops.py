@@ -1,10 +1,11 @@
-"""Throughput of FIELD.md's model under each determinism setting, and of each replacement.
+"""Throughput of `torchrepro cost`'s built-in model under each determinism setting, and of
+each replacement.
 
 Runs on the CPU, and on CUDA when a device is present:
 
     PYTHONPATH=src python benchmarks/detops.py [--steps 20] [--batch 32]
 
-For each device it prints `torchrepro.cost.determinism_cost` for the model of FIELD.md
+For each device it prints `torchrepro.cost.determinism_cost` for the built-in model
 (conv + `index_add_` messages + bilinear upsample + reflection pad + adaptive avg pool):
 time per step and throughput relative to PyTorch's defaults for "recipe", "strict" (which
 raises on CUDA: reported) and "torchrepro", and whether two runs repeated bitwise. Then it
@@ -47,7 +48,7 @@ def _ops(device: torch.device) -> None:
         ("bilinear 64->128", (16, 64, 64, 64),
          lambda x: F.interpolate(x, scale_factor=2, mode="bilinear")),
     ]
-    if device.type == "cpu":  # the FIELD shapes take seconds on two cores; shrink them
+    if device.type == "cpu":  # the full shapes take seconds on two cores; shrink them
         cases = [(n, (s[0] // 8, *s[1:]), f) for n, s, f in cases]
     print(f"{'op, input':<40} {'native ms':>10} {'replacement ms':>15}  fwd max err")
     for name, shape, op in cases:

@@ -1,4 +1,4 @@
-"""The built-in workload of `torchrepro cost`: FIELD.md's model, irreproducible on CUDA."""
+"""The built-in workload of `torchrepro cost`: a small CNN that does not repeat on CUDA."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 
 class _FieldModel(nn.Module):
-    """FIELD.md's model: conv, `index_add_` messages, bilinear upsample, adaptive avg pool."""
+    """A CNN whose CUDA kernels do not repeat: conv, `index_add_`, bilinear, adaptive pool."""
 
     def __init__(self, channels: int = 16, classes: int = 10, edges: int = 512) -> None:
         super().__init__()
@@ -37,7 +37,7 @@ class _FieldModel(nn.Module):
 def example_workload(
     device: str | torch.device = "cpu", batch_size: int = 8
 ) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], Callable[..., torch.Tensor]]:
-    """FIELD.md's irreproducible-on-CUDA model with a batch and a loss, for cost reports.
+    """The CNN that does not repeat on CUDA, with a batch and a loss, for cost reports.
 
     Conv, `index_add_` message passing, bilinear upsampling, reflection padding and
     adaptive average pooling, on 16x16 images; built from a fixed seed without touching

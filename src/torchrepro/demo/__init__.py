@@ -6,7 +6,7 @@ torch each draw) and a 2-worker DataLoader. It is trained under three setups, tw
 every run in a fresh process as two real trainings would be:
 
 1. ``none``: no seeding at all;
-2. ``recipe``: the starting recipe users copy (FIELD.md), ``seed_everything(11)`` plus its
+2. ``recipe``: the starting recipe users copy, ``seed_everything(11)`` plus its
    ``worker_init_fn(worker_id, rank, seed)`` through ``functools.partial``;
 3. ``torchrepro``: ``torchrepro.seed_everything(11)``.
 

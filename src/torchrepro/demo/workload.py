@@ -194,7 +194,7 @@ def make_model() -> nn.Module:
     )
 
 
-# --- the starting recipe, exactly as users copy it (FIELD.md) -------------------------
+# --- the starting recipe, exactly as users copy it ---------------------------------
 
 
 def recipe_seed_everything(seed: int = 11) -> None:
