@@ -205,6 +205,7 @@ def test_a_spawned_worker_imports_only_what_seeding_needs() -> None:
     loaded = set(ast.literal_eval(result.stdout.decode()))
     assert loaded == {
         "torchrepro",
+        "torchrepro._codec",
         "torchrepro._contract",
         "torchrepro._derive",
         "torchrepro._sources",
