@@ -15,7 +15,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 
 __version__ = "0.2.0.dev0"
 
@@ -109,7 +110,7 @@ __all__ = [
 assert __all__ == sorted(_PUBLIC), "one module owns each public name"
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     owner = _PUBLIC.get(name)
     if owner is None:
         moved = _MOVED.get(name)

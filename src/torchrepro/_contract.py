@@ -20,10 +20,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
 class Variable:
     """One environment variable of the contract.
 
@@ -35,11 +33,14 @@ class Variable:
         meaning: What its value means.
     """
 
-    name: str
-    set_by: str
-    read_by: str
-    per_run: bool
-    meaning: str
+    __slots__ = ("meaning", "name", "per_run", "read_by", "set_by")
+
+    def __init__(self, name: str, set_by: str, read_by: str, per_run: bool, meaning: str) -> None:
+        self.name, self.set_by, self.read_by = name, set_by, read_by
+        self.per_run, self.meaning = per_run, meaning
+
+    def __repr__(self) -> str:
+        return f"Variable({self.name!r}, per_run={self.per_run})"
 
 
 SEED = "TORCHREPRO_SEED"

@@ -10,15 +10,11 @@ derives the child's hash seed without importing numpy or torch.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import operator
 import os
 
 from torchrepro import _contract
 from torchrepro.errors import SeedError
-
-log = logging.getLogger("torchrepro")
 
 SeedLike = int | str
 """What users may pass as a seed: an int in [0, 2**64) or a string (hashed)."""
@@ -38,6 +34,8 @@ def hash_string(text: str) -> int:
         >>> hash_string("abc")
         13436514500253700074
     """
+    import hashlib  # here: the launching process of `torchrepro run` rarely hashes a str
+
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
@@ -202,10 +200,11 @@ def root_seed_from_env() -> int:
 
 def fresh_seed() -> int:
     """A new 32-bit seed (easy to copy), logged once with how to repeat the run."""
+    import logging
     import secrets  # here, not at the top: hmac's import costs every start-up otherwise
 
     fresh = secrets.randbelow(2**32)
-    log.warning(
+    logging.getLogger("torchrepro").warning(
         "torchrepro: no seed given; using seed %d. Repeat this run with "
         "seed_everything(%d) or %s=%d.",
         fresh,

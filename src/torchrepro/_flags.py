@@ -12,9 +12,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Union
-
 from torchrepro.errors import DeterminismError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Literal, Union
+
+    Mode = Union[bool, Literal["warn"]]
+    """``True`` (strict deterministic algorithms), ``"warn"`` (warn-only) or ``False`` (off)."""
 
 CUDNN_DETERMINISTIC = "cudnn_deterministic"
 CUDNN_BENCHMARK = "cudnn_benchmark"
@@ -44,9 +49,6 @@ NOTES = {
 """Why each setting can change a training's result, by name, in manifest order."""
 
 NAMES = tuple(NOTES)
-
-Mode = Union[bool, Literal["warn"]]
-"""``True`` (strict deterministic algorithms), ``"warn"`` (warn-only) or ``False`` (off)."""
 
 MODE_TEXT: dict[bool | str | None, str] = {None: "", False: "0", True: "1", "warn": "warn"}
 """A mode as text, for an environment variable (``None``: the common recipe's flags)."""

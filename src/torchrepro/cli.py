@@ -9,10 +9,8 @@ imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from torchrepro.errors import ExitCode, TorchReproError
 
@@ -56,9 +54,9 @@ def _seed_option(text: str) -> int | str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from torchrepro.launch import run_command
+    from torchrepro.launch import exec_command
 
-    return run_command(_command(args), args.seed, args.deterministic)
+    exec_command(_command(args), args.seed, args.deterministic)
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,6 +109,8 @@ def _env(args: argparse.Namespace) -> int:
     from torchrepro.env import environment, format_environment
 
     manifest = environment()
+    import json
+
     print(json.dumps(manifest, indent=2) if args.json else format_environment(manifest))
     return 0
 
@@ -125,6 +125,8 @@ def _diff(args: argparse.Namespace) -> int:
     from torchrepro.compare import diff_records
 
     result = diff_records(args.a, args.b)
+    import json
+
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
     if not result.comparable:
         return ExitCode.USAGE
@@ -179,7 +181,10 @@ def _check(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(report.render())
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as file:
+            file.write(json.dumps(report.to_json(), indent=2) + "\n")
     return report.exit_code
 
 
@@ -268,7 +273,7 @@ def _demo(args: argparse.Namespace) -> int:
     from torchrepro.demo import DemoRunError, Scale, run_demo
 
     try:
-        report = run_demo(Scale.of(args.quick, args.epochs), args.out)
+        report = run_demo(Scale.of(args.quick, args.epochs), args.out)  # a str or a Path
     except DemoRunError as error:
         print(f"torchrepro demo: {error}", file=sys.stderr)
         return error.exit_code
@@ -297,8 +302,7 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--out",
-        type=Path,
-        default=Path("."),
+        default=".",
         help="directory for the accuracy plot torchrepro-demo.png (default: current directory)",
     )
     parser.set_defaults(handler=_demo)

@@ -25,17 +25,19 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchrepro import _contract, _flags
-from torchrepro._flags import Mode, check_mode
+from torchrepro._flags import check_mode
 from torchrepro.errors import DeterminismError
+
+if TYPE_CHECKING:
+    from torchrepro._flags import Mode
 
 __all__ = [
     "DeterminismStatus",
-    "Mode",
     "check_mode",
     "cublas_needs_workspace_config",
     "determinism_status",

@@ -17,17 +17,26 @@ launching process only starts the command.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from torchrepro import _contract, _flags
 from torchrepro._derive import SeedLike, hash_seed_for, normalize_seed, resolve_root
 from torchrepro.errors import RunError
 
-__all__ = ["bootstrap", "child_environment", "clean_environment", "resolve_root", "run_command"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import NoReturn
 
-BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+__all__ = [
+    "bootstrap",
+    "child_environment",
+    "clean_environment",
+    "exec_command",
+    "resolve_root",
+    "run_command",
+]
+
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
 
 def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -75,7 +84,7 @@ def child_environment(
         return env
     env[_contract.BOOTSTRAP] = "1"
     env[_contract.DETERMINISTIC] = _flags.MODE_TEXT[mode]
-    paths = [str(BOOTSTRAP_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [BOOTSTRAP_DIR, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
@@ -103,6 +112,27 @@ def bootstrap() -> None:
         start_from_env()
 
 
+def exec_command(
+    command: Sequence[str], seed: SeedLike | None, deterministic: bool | str | None = None
+) -> NoReturn:
+    """Replaces this process with ``command``, run under torchrepro seeding (``torchrepro run``).
+
+    Nothing of torchrepro stays behind: the command gets the terminal's signals itself and
+    its exit status is the shell's to see, and no parent process waits beside it.
+
+    Raises:
+        RunError: The command cannot be started; this process goes on.
+    """
+    env = child_environment(resolve_root(seed), deterministic)
+    try:
+        os.execvpe(command[0], list(command), env)
+    except OSError as error:
+        raise RunError(
+            f"cannot start {command[0]!r}: {error.strerror}; expected an executable command, "
+            "e.g. `torchrepro run -- python train.py`."
+        ) from None
+
+
 def run_command(
     command: Sequence[str], seed: SeedLike | None, deterministic: bool | str | None = None
 ) -> int:
@@ -123,6 +153,8 @@ def run_command(
         >>> run_command([sys.executable, "-c", "raise SystemExit(3)"], seed=7)
         3
     """
+    import subprocess
+
     env = child_environment(resolve_root(seed), deterministic)
     try:
         process = subprocess.Popen(list(command), env=env)
