@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -94,3 +95,35 @@ def test_a_python_that_cannot_import_torchrepro_fails_instead_of_running_unseede
     out, err = capfd.readouterr()
     assert code == 3
     assert "cannot import torchrepro" in err and "ran" not in out
+
+
+def test_run_of_a_missing_command_says_it_cannot_start_it() -> None:
+    result = torchrepro_run("--seed", "1", "--", "no-such-command-here")
+    assert result.returncode == 3
+    assert "cannot start 'no-such-command-here'" in result.stderr
+
+
+def test_run_becomes_the_command_with_no_process_left_beside_it() -> None:
+    result = torchrepro_run("--seed", "1", "--", PYTHON, "-c", "import os; print(os.getppid())")
+    assert int(result.stdout) == os.getpid()
+
+
+def test_the_launching_processes_of_run_and_check_never_import_torch() -> None:
+    # run: the launcher's own imports, before it becomes the command (`true` imports nothing).
+    launcher = subprocess.run(
+        [PYTHON, "-X", "importtime", "-m", "torchrepro", "run", "--seed", "1", "--", "true"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert launcher.returncode == 0, launcher.stderr
+    modules = {line.rsplit("|", 1)[-1].strip() for line in launcher.stderr.splitlines()}
+    assert "torchrepro.launch" in modules and not {"torch", "numpy"} & modules
+    # check: the whole verb, runs included (they record nothing here, so it fails with 3).
+    code = (
+        "import sys; from torchrepro.cli import main; "
+        "status = main(['check', '--seed', '1', '--', sys.executable, '-c', 'pass']); "
+        "print(status, 'torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    checker = subprocess.run([PYTHON, "-c", code], env=child_env(), capture_output=True, text=True)
+    assert checker.stdout.splitlines()[-1] == "3 False False", checker.stderr
