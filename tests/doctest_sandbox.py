@@ -19,6 +19,7 @@ import torch
 from _pytest.doctest import DoctestItem
 
 import torchrepro
+from torchrepro import _sources
 
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:
@@ -38,7 +39,10 @@ def _doctest_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
     )
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
     environ = dict(os.environ)
+    registered = dict(_sources._registered)  # an example may register a generator
     with torchrepro.isolate_rng():
         yield
     os.environ.clear()
     os.environ.update(environ)
+    _sources._registered.clear()
+    _sources._registered.update(registered)

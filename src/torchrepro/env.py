@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from torchrepro import _contract, determinism, distributed
+from torchrepro.compare.causes import flatten
 
 __all__ = ["ENV_VAR_PREFIXES", "ENV_VARS", "environment", "format_environment"]
 
@@ -161,21 +162,6 @@ def environment(cwd: str | None = None) -> dict[str, Any]:
     }
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.extend(_flat(v, f"{prefix}{k}."))
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
-
-
-def flatten(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest as ``{"dotted.key": value}``, the form diffs are made in."""
-    return dict(_flat(manifest))
-
-
 def format_environment(manifest: dict[str, Any]) -> str:
     """A manifest as aligned ``key  value`` lines, for people.
 
@@ -184,6 +170,6 @@ def format_environment(manifest: dict[str, Any]) -> str:
         torch  2.13.0
         gpu    -
     """
-    rows = [(k, "-" if v is None else str(v)) for k, v in _flat(manifest)]
+    rows = [(k, "-" if v is None else str(v)) for k, v in flatten(manifest).items()]
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -22,7 +22,7 @@ from torchrepro import _contract, _flags
 from torchrepro.localize import NONDETERMINISTIC_OPS, Localization, op_base_name
 from torchrepro.records.format import BATCH, GRADS, LOG, PARAMS, RNG, STEPS, section_of
 
-__all__ = ["EnvDifference", "diagnose", "environment_differences", "render_causes"]
+__all__ = ["EnvDifference", "diagnose", "environment_differences", "flatten", "render_causes"]
 
 _NOTES = {
     "python": "Python version: hashing, float formatting and library wheels can differ.",
@@ -70,11 +70,17 @@ def _note(key: str) -> str:
         key = key.rsplit(".", 1)[0]
 
 
-def _flatten(manifest: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(manifest: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A manifest as ``{"dotted.key": value}``, the form diffs are made and printed in.
+
+    Example:
+        >>> flatten({"threads": {"intra_op": 4}, "gpu": None})
+        {'threads.intra_op': 4, 'gpu': None}
+    """
     out: dict[str, Any] = {}
     for key, value in manifest.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -100,7 +106,7 @@ def environment_differences(
         >>> d.key, d.a, d.b, d.note
         ('cpu.count', 4, 8, 'CPU count: default thread count and reduction split can follow it.')
     """
-    fa, fb = _flatten(env_a), _flatten(env_b)
+    fa, fb = flatten(env_a), flatten(env_b)
     diffs = []
     for key in [*fa, *(k for k in fb if k not in fa)]:
         if key in _IGNORED:
