@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import PYTHON, SCRIPTS, child_env
-from torchrepro.check import CheckReport, check, check_reproducible
+from torchrepro.check import CheckReport, check_command, check_reproducible
 from torchrepro.cli import main
 from torchrepro.errors import CheckError
 
@@ -48,7 +48,7 @@ def test_noise_in_a_modules_forward_names_the_step_the_module_and_the_phase(
     plant: pytest.MonkeyPatch,
 ) -> None:
     plant.setenv("PLANT_NOISE_STEP", "3")
-    report = check(SCRIPT, seed=3)
+    report = check_command(SCRIPT, seed=3)
     assert report.exit_code == 1
     assert report.divergence is not None and report.divergence.step == 3
     assert report.divergence.section == "grads"
@@ -66,7 +66,7 @@ def test_set_order_data_without_torchrepro_seeding_is_found_in_the_batch_at_step
 ) -> None:
     plant.setenv("PLANT_SET_ORDER", "1")
     plant.delenv("PYTHONHASHSEED", raising=False)
-    report = check(SCRIPT, no_seed=True, runs=3)
+    report = check_command(SCRIPT, no_seed=True, runs=3)
     assert report.exit_code == 1
     assert report.divergence is not None
     assert report.divergence.step == 0 and report.divergence.section == "batch"
@@ -78,14 +78,14 @@ def test_with_torchrepro_seeding_the_same_set_order_script_is_identical(
     plant: pytest.MonkeyPatch,
 ) -> None:
     plant.setenv("PLANT_SET_ORDER", "1")
-    assert check(SCRIPT, seed=5).verdict == "identical"
+    assert check_command(SCRIPT, seed=5).verdict == "identical"
 
 
 def test_a_different_thread_count_per_run_is_reported_as_an_environment_difference(
     plant: pytest.MonkeyPatch,
 ) -> None:
     plant.setenv("PLANT_THREADS", "1")
-    report = check(SCRIPT, seed=3)
+    report = check_command(SCRIPT, seed=3)
     keys = [difference.key for difference in report.environment]
     assert any("threads" in key for key in keys), keys
     assert "thread" in report.render()
@@ -104,7 +104,7 @@ def test_lockstep_stops_a_long_training_soon_after_an_early_divergence(
     plant.setenv("PLANT_NOISE_STEP", "2")
     plant.setenv("STEPS", "2000")
     plant.setenv("STEP_SLEEP", "0.002")
-    report = check(SCRIPT, seed=3, localize=False)
+    report = check_command(SCRIPT, seed=3, localize=False)
     assert report.divergence is not None and report.divergence.step == 2
     assert all(run.stopped for run in report.runs)
     assert max(run.steps for run in report.runs) < 200
@@ -112,7 +112,7 @@ def test_lockstep_stops_a_long_training_soon_after_an_early_divergence(
 
 def test_sequential_mode_and_max_steps(plant: pytest.MonkeyPatch) -> None:
     plant.setenv("STEPS", "50")
-    report = check(SCRIPT, seed=3, lockstep=False, max_steps=7)
+    report = check_command(SCRIPT, seed=3, lockstep=False, max_steps=7)
     assert report.verdict == "identical" and report.steps_compared == 7
 
 
@@ -120,7 +120,7 @@ def test_plot_draws_every_step_after_the_divergence(
     plant: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     plant.setenv("PLANT_NOISE_STEP", "4")
-    report = check(SCRIPT, seed=3, localize=False, plot=tmp_path / "check.png")
+    report = check_command(SCRIPT, seed=3, localize=False, plot=tmp_path / "check.png")
     assert report.series["1-2"]["differing"][:4] == [0, 0, 0, 0]
     assert all(count > 0 for count in report.series["1-2"]["differing"][4:])
     assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -156,7 +156,7 @@ def test_usage_errors_exit_2() -> None:
     assert main(["check", "--runs", "1", "--", PYTHON, "-c", "pass"]) == 2
     assert main(["check"]) == 2
     with pytest.raises(CheckError, match="at least 2"):
-        check(SCRIPT, runs=1)
+        check_command(SCRIPT, runs=1)
 
 
 RESUME_SCRIPT = [PYTHON, str(SCRIPTS / "resume_train.py")]
@@ -165,7 +165,7 @@ RESUME_SCRIPT = [PYTHON, str(SCRIPTS / "resume_train.py")]
 def test_resume_at_compares_a_stopped_and_resumed_run_with_an_uninterrupted_one(
     plant: pytest.MonkeyPatch,
 ) -> None:
-    report = check(RESUME_SCRIPT, seed=7, resume_at=8)
+    report = check_command(RESUME_SCRIPT, seed=7, resume_at=8)
     assert report.verdict == "identical", report.render()
     assert report.steps_compared == 18
     assert [run.name for run in report.runs] == ["run", "run", "resumed"]
@@ -176,14 +176,14 @@ def test_resume_at_finds_a_resume_that_forgets_torchrepros_state(
     plant: pytest.MonkeyPatch,
 ) -> None:
     plant.setenv("FORGET_TORCHREPRO_STATE", "1")
-    report = check(RESUME_SCRIPT, seed=7, resume_at=8, localize=False)
+    report = check_command(RESUME_SCRIPT, seed=7, resume_at=8, localize=False)
     assert report.verdict == "diverged"
     assert report.divergence is not None and report.divergence.entry >= 8
     assert "after the resume" in report.render()
 
 
 def test_resume_at_says_when_the_script_ignores_the_stop_request() -> None:
-    report = check(SCRIPT, seed=3, resume_at=4)
+    report = check_command(SCRIPT, seed=3, resume_at=4)
     assert report.exit_code == 3
     assert "TORCHREPRO_STOP_AT" in report.render()
 
@@ -208,7 +208,7 @@ def test_check_reproducible_refuses_a_function_no_process_can_import() -> None:
 def check_planted(plant: str, command: list[str] = KINDS, **options: Any) -> CheckReport:
     """check on check_kinds.py with PLANT set in every run (and this checkout importable)."""
     env = {"PYTHONPATH": child_env()["PYTHONPATH"], "PLANT": plant}
-    return check(command, env=env, **options)
+    return check_command(command, env=env, **options)
 
 
 def test_an_op_giving_a_different_output_from_identical_inputs_is_named_with_its_module() -> None:

@@ -146,7 +146,7 @@ def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _check(args: argparse.Namespace) -> int:
-    from torchrepro.check import check
+    from torchrepro.check import check_command
 
     tty = sys.stderr.isatty()
 
@@ -160,7 +160,7 @@ def _check(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        report = check(
+        report = check_command(
             _command(args),
             runs=args.runs,
             max_steps=args.max_steps,

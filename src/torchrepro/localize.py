@@ -6,7 +6,7 @@ tracer on (:mod:`torchrepro._tracer`, started by the ``torchrepro run`` bootstra
 step ``s - 1`` to the end of step ``s`` it sees every ATen op and writes a trace: a header
 line ``{"format": "torchrepro-trace", "step": s}``, then one :func:`trace_event` per op:
 its name, the module it ran in (forward, or backward), and exact digests of its tensor
-inputs and outputs. :func:`localize` then walks the two traces side by side: the culprit
+inputs and outputs. :func:`first_difference` then walks the two traces side by side: the culprit
 is the first op whose output differs while its inputs matched. If an op's inputs differ
 before any op went wrong, the difference came from outside torch's ops (numpy, Python,
 I/O, another process), and the op and module that first received it are named.
@@ -17,7 +17,7 @@ This module reads traces and imports no torch, so the launching process of
 Example:
     >>> a = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y"])]
     >>> b = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y2"])]
-    >>> found = localize(a, b)
+    >>> found = first_difference(a, b)
     >>> found.kind, found.op, found.module, found.phase
     ('op', 'aten.mm.default', 'fc', 'forward')
 """
@@ -38,7 +38,7 @@ __all__ = [
     "OUTSIDE",
     "TRACE_FORMAT",
     "Localization",
-    "localize",
+    "first_difference",
     "op_base_name",
     "read_trace",
     "trace_event",
@@ -228,15 +228,15 @@ def _nondeterministic_in(events: Sequence[dict[str, Any]], module: str | None) -
     return tuple(sorted(seen))
 
 
-def localize(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Localization:
+def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Localization:
     """The first op at which two traces of the same step part.
 
     Example:
         >>> a = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x"], ["y"])]
-        >>> localize(a, a).kind
+        >>> first_difference(a, a).kind
         'none'
         >>> b = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x2"], ["y"])]
-        >>> print(localize(a, b).describe())  # doctest: +ELLIPSIS
+        >>> print(first_difference(a, b).describe())  # doctest: +ELLIPSIS
         layer3.0 (forward): the inputs of aten.add.Tensor already differed (op #0); they ...
     """
     for index, (x, y) in enumerate(zip(a, b)):

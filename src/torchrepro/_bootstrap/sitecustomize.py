@@ -26,6 +26,7 @@ def _run_shadowed_sitecustomize() -> None:
 
 _run_shadowed_sitecustomize()
 
+# torchrepro._contract.BOOTSTRAP, spelled out: torchrepro may not be importable here.
 if os.environ.get("TORCHREPRO_BOOTSTRAP") == "1":
     try:
         from torchrepro.launch import bootstrap

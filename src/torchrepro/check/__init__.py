@@ -1,6 +1,6 @@
 """``torchrepro check``: run a training several times, compare its records, say where and why.
 
-:mod:`~torchrepro.check.orchestrate` runs the check (:func:`check`,
+:mod:`~torchrepro.check.orchestrate` runs the check (:func:`check_command`,
 :func:`check_reproducible`), :mod:`~torchrepro.check.session` starts, watches and stops
 the runs, :mod:`~torchrepro.check.report` holds what was found (:class:`CheckReport`) and
 :mod:`~torchrepro.check.plot` draws it. None of them imports torch: the launching process
@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from torchrepro.check.orchestrate import check, check_reproducible
+from torchrepro.check.orchestrate import check_command, check_reproducible
 from torchrepro.check.report import (
     DIVERGED,
     FAILED,
@@ -31,6 +31,6 @@ __all__ = [
     "CheckReport",
     "Divergence",
     "RunOutcome",
-    "check",
+    "check_command",
     "check_reproducible",
 ]

@@ -45,10 +45,10 @@ from torchrepro.records.format import BATCH, OPTIONS, RNG
 if TYPE_CHECKING:
     from torchrepro._derive import SeedLike
 
-__all__ = ["check", "check_reproducible"]
+__all__ = ["check_command", "check_reproducible"]
 
 
-def check(
+def check_command(
     command: Sequence[str],
     *,
     runs: int = 2,
@@ -102,7 +102,7 @@ def check(
         ...     "for _ in range(3):\\n"
         ...     "    opt.zero_grad(); model(torch.randn(4, 2)).sum().backward(); opt.step()\\n"
         ... )
-        >>> report = check([sys.executable, "train.py"], seed=1)
+        >>> report = check_command([sys.executable, "train.py"], seed=1)
         >>> report.verdict, report.steps_compared, report.exit_code
         ('identical', 3, <ExitCode.OK: 0>)
     """
@@ -299,7 +299,7 @@ def _trace(session: Session, divergence: Divergence) -> loc.Localization | None:
     for run in runs:
         stop_process(run.process)
     try:
-        return loc.localize(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
+        return loc.first_difference(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
     except RecordError:
         return None
 
@@ -338,7 +338,7 @@ def check_reproducible(
 
     ``fn`` must be importable by its module name (defined at the top level of a module);
     the folder of its module is put on the runs' ``PYTHONPATH``. Options are those of
-    :func:`check`.
+    :func:`check_command`.
 
     Example:
         >>> _ = Path("tiny.py").write_text(
@@ -373,4 +373,4 @@ def check_reproducible(
         "-c",
         f"import importlib; importlib.import_module({module!r}).{name}()",
     ]
-    return check(command, runs=runs, max_steps=steps, env=env, **options)
+    return check_command(command, runs=runs, max_steps=steps, env=env, **options)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from torchrepro.check import CheckReport, check
+from torchrepro.check import CheckReport, check_command
 from torchrepro.demo.plot import PNG_NAME, plot
 from torchrepro.demo.report import DemoReport, Run, SetupResult
 from torchrepro.demo.workload import RUNS, SEED, SETUPS, DemoRunError, Scale, train_once
@@ -72,16 +72,16 @@ def _worker_command(setup: str, scale: Scale, python: str | None = None) -> list
 
 def check_setup(scale: Scale, max_steps: int | None = CHECK_STEPS) -> CheckReport:
     """``torchrepro check`` on setup 3: two more runs, compared at every optimizer step."""
-    return check(
+    return check_command(
         _worker_command("torchrepro", scale), seed=SEED, max_steps=max_steps, env=_child_env()
     )
 
 
-def check_command(scale: Scale, max_steps: int | None = CHECK_STEPS) -> str:
+def repeat_command(scale: Scale, max_steps: int | None = CHECK_STEPS) -> str:
     """The command line that repeats ``check_setup(scale, max_steps)``, for a user to paste.
 
     Example:
-        >>> options, command = check_command(Scale.of(quick=True)).split(" -- ")
+        >>> options, command = repeat_command(Scale.of(quick=True)).split(" -- ")
         >>> options
         'torchrepro check --seed 11 --max-steps 120'
         >>> command
@@ -205,5 +205,5 @@ def run_demo(
         png=None if note else path,
         png_note=note,
         check=check_setup(scale),
-        check_command=check_command(scale),
+        check_command=repeat_command(scale),
     )
