@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import torchrepro
 from conftest import PYTHON, SCRIPTS, child_env
 from torchrepro import derive_seed, seed_everything
-from torchrepro._derive import hash_string, normalize_seed
+from torchrepro._derive import _seed_sequence_uint64, hash_string, normalize_seed
 from torchrepro.errors import DeterminismError, SeedError
 from torchrepro.seeding import root_seed
 
@@ -306,3 +306,9 @@ def test_without_seeding_the_same_training_differs() -> None:
         return out.stdout.strip()
 
     assert run() != run()
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=24))
+def test_derivation_is_numpys_seed_sequence_written_out(words: list[int]) -> None:
+    expected = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+    assert _seed_sequence_uint64(words) == expected

@@ -114,14 +114,17 @@ NONDETERMINISTIC_OPS = frozenset(
 
 
 def op_base_name(op: str) -> str:
-    """``"aten.index_add_.default"`` -> ``"index_add_"``.
+    """The op's name without namespace and overload: ``"aten.index_add_.default"`` ->
+    ``"index_add_"``, ``"mylib.noisy.default"`` -> ``"noisy"``.
 
     Example:
         >>> op_base_name("aten.index_add_.default") in NONDETERMINISTIC_OPS
         True
+        >>> op_base_name("mylib.noisy.default")
+        'noisy'
     """
     parts = op.split(".")
-    return parts[1] if len(parts) > 1 and parts[0] == "aten" else parts[0]
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def trace_event(
