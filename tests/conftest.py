@@ -81,7 +81,8 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")])
     )
-    for name in ("TORCHREPRO_SEED", "PYTHONHASHSEED", "TORCHREPRO_BOOTSTRAP"):
+    dropped = ("TORCHREPRO_SEED", "PYTHONHASHSEED", "TORCHREPRO_BOOTSTRAP", "TORCHREPRO_TAKE_OVER")
+    for name in dropped:
         env.pop(name, None)
     env.update(extra)
     return env

@@ -47,6 +47,7 @@ SEED = "TORCHREPRO_SEED"
 BOOTSTRAP = "TORCHREPRO_BOOTSTRAP"
 DETERMINISTIC = "TORCHREPRO_DETERMINISTIC"
 NO_SEED = "TORCHREPRO_NO_SEED"
+TAKE_OVER = "TORCHREPRO_TAKE_OVER"
 RECORD = "TORCHREPRO_RECORD"
 RECORD_WITH = "TORCHREPRO_RECORD_WITH"
 RECORD_ALGORITHM = "TORCHREPRO_RECORD_ALGORITHM"
@@ -81,6 +82,13 @@ _VARIABLES = (
         DETERMINISTIC, _LAUNCH, "the bootstrap", False, "'' recipe flags, 1 strict, warn, 0 none"
     ),
     Variable(NO_SEED, f"{_CHECK} --no-seed", "the bootstrap", False, "1: record without seeding"),
+    Variable(
+        TAKE_OVER,
+        f"{_LAUNCH}: --take-over",
+        "seed_everything (take_over=None), so the bootstrap",
+        False,
+        "1: the script's own seeding derives from the root seed; 0 or unset: it is reported",
+    ),
     Variable(RECORD, _CHECK, "the bootstrap's recorder", True, "the record file of this run"),
     Variable(RECORD_WITH, _CHECK, "the bootstrap's recorder", False, "comma list: grads,batch,rng"),
     Variable(RECORD_ALGORITHM, "the user", "the bootstrap's recorder", False, "digest algorithm"),

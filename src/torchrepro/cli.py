@@ -45,6 +45,21 @@ def _add_determinism_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_take_over_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--take-over",
+        dest="take_over",
+        action="store_const",
+        const=True,
+        default=None,
+        help="a script that seeds itself (torch.manual_seed(1111), np.random.seed, "
+        "random.seed, transformers.set_seed, pl.seed_everything) gets seeds derived from "
+        "--seed instead, so a seed sweep needs no code change (default: such calls keep "
+        "their seed, are named once on stderr, and loaders follow them; "
+        "TORCHREPRO_TAKE_OVER=1 does the same)",
+    )
+
+
 def _seed_option(text: str) -> int | str:
     """An integer-looking seed is an int (so "-1" is refused, not hashed); else a str."""
     try:
@@ -56,7 +71,7 @@ def _seed_option(text: str) -> int | str:
 def _run(args: argparse.Namespace) -> int:
     from torchrepro.launch import exec_command
 
-    exec_command(_command(args), args.seed, args.deterministic)
+    exec_command(_command(args), args.seed, args.deterministic, args.take_over)
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,6 +89,7 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "TORCHREPRO_SEED, else a fresh seed, printed)",
     )
     _add_determinism_options(parser)
+    _add_take_over_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     parser.set_defaults(handler=_run)
 
@@ -168,6 +184,7 @@ def _check(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             lockstep=not args.sequential,
             no_seed=args.no_seed,
+            take_over=args.take_over,
             timeout=args.timeout,
             workdir=args.workdir,
             progress=progress,
@@ -235,6 +252,7 @@ def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="record only, without torchrepro seeding: check the script as is",
     )
+    _add_take_over_option(parser)
     parser.add_argument(
         "--timeout",
         type=float,

@@ -59,6 +59,7 @@ def child_environment(
     base: Mapping[str, str] | None = None,
     *,
     bootstrap: bool = True,
+    take_over: bool | None = None,
 ) -> dict[str, str]:
     """The environment in which a command runs under torchrepro.
 
@@ -69,6 +70,9 @@ def child_environment(
         base: The environment to extend; ``os.environ`` by default.
         bootstrap: Put the start-up hook on ``PYTHONPATH`` so every Python process of the
             command seeds itself; ``False`` only exports the seed and the hash seed.
+        take_over: ``True``: the script's own ``torch.manual_seed(n)`` (and numpy's,
+            Python's) derive from the root seed (``TORCHREPRO_TAKE_OVER=1``); ``False``:
+            they are only reported; ``None``: as ``base`` says.
 
     Example:
         >>> env = child_environment(11, deterministic=True, base={})
@@ -80,6 +84,10 @@ def child_environment(
     env = dict(os.environ if base is None else base)
     env[_contract.SEED] = str(root)
     env[_contract.HASH_SEED] = str(hash_seed_for(root))
+    if take_over:
+        env[_contract.TAKE_OVER] = "1"
+    elif take_over is not None:
+        env.pop(_contract.TAKE_OVER, None)
     if not bootstrap:
         return env
     env[_contract.BOOTSTRAP] = "1"
@@ -98,10 +106,14 @@ def bootstrap() -> None:
     asked for: a spawned DataLoader worker imports what seeding needs and nothing more.
     """
     if os.environ.get(_contract.NO_SEED) != "1":
+        from torchrepro import takeover
         from torchrepro.seeding import seed_everything
 
         mode = _flags.mode_from_text(os.environ.get(_contract.DETERMINISTIC, ""))
-        seed_everything(None, deterministic=mode)
+        seed_everything(None, deterministic=mode)  # take-over from TORCHREPRO_TAKE_OVER
+        # The script never asked for torchrepro's loader seeding: if it seeds itself, its
+        # loaders follow its seeding, as they do when it runs plain.
+        takeover.release_loaders_on_reseed()
     if os.environ.get(_contract.TRACE):
         from torchrepro._tracer import start_trace_from_env
 
@@ -113,7 +125,10 @@ def bootstrap() -> None:
 
 
 def exec_command(
-    command: Sequence[str], seed: SeedLike | None, deterministic: bool | str | None = None
+    command: Sequence[str],
+    seed: SeedLike | None,
+    deterministic: bool | str | None = None,
+    take_over: bool | None = None,
 ) -> NoReturn:
     """Replaces this process with ``command``, run under torchrepro seeding (``torchrepro run``).
 
@@ -123,7 +138,7 @@ def exec_command(
     Raises:
         RunError: The command cannot be started; this process goes on.
     """
-    env = child_environment(resolve_root(seed), deterministic)
+    env = child_environment(resolve_root(seed), deterministic, take_over=take_over)
     try:
         os.execvpe(command[0], list(command), env)
     except OSError as error:
@@ -134,7 +149,10 @@ def exec_command(
 
 
 def run_command(
-    command: Sequence[str], seed: SeedLike | None, deterministic: bool | str | None = None
+    command: Sequence[str],
+    seed: SeedLike | None,
+    deterministic: bool | str | None = None,
+    take_over: bool | None = None,
 ) -> int:
     """Runs ``command`` under torchrepro seeding and returns its exit status.
 
@@ -145,6 +163,7 @@ def run_command(
         command: The command and its arguments.
         seed: The root seed; ``None``: ``TORCHREPRO_SEED``, else a fresh one (logged).
         deterministic: As for :func:`child_environment`.
+        take_over: As for :func:`child_environment`.
 
     Raises:
         RunError: The command cannot be started.
@@ -155,7 +174,7 @@ def run_command(
     """
     import subprocess
 
-    env = child_environment(resolve_root(seed), deterministic)
+    env = child_environment(resolve_root(seed), deterministic, take_over=take_over)
     try:
         process = subprocess.Popen(list(command), env=env)
     except OSError as error:

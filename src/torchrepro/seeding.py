@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from torchrepro import _contract, data, determinism, distributed
+from torchrepro import _contract, data, determinism, distributed, takeover
 from torchrepro._derive import (
     SeedLike,
     derive_seed,
@@ -69,6 +69,7 @@ def seed_everything(
     *,
     deterministic: bool | str | None = None,
     workers: bool = True,
+    take_over: bool | None = None,
 ) -> int:
     """Seeds every random number generator in this process and the ones it starts.
 
@@ -91,20 +92,35 @@ def seed_everything(
             warn-only mode; ``False`` touches no flag.
         workers: Seed the shuffle order and the workers of every DataLoader created
             afterwards (see :mod:`torchrepro.data`).
+        take_over: What a later ``torch.manual_seed(n)``, ``np.random.seed(n)``,
+            ``random.seed(n)`` (or ``transformers.set_seed``, Lightning's
+            ``seed_everything``) of the script does. ``False``: it seeds as it always does,
+            and torchrepro names its file and line once in a log warning. ``True``: it
+            then seeds from ``derive_seed(seed, "take-over", stream, n)`` instead, so
+            the script's own seeding follows ``seed`` (see :mod:`torchrepro.takeover`).
+            ``None``: ``TORCHREPRO_TAKE_OVER`` (``1`` on; set by ``--take-over``), else off.
 
     Returns:
         The root seed used, an int.
 
     Raises:
         SeedError: ``seed`` is not an int in [0, 2**64) or a str; or no seed is given
-            among several ranks before the process group is initialised.
+            among several ranks before the process group is initialised; or
+            ``TORCHREPRO_TAKE_OVER`` is not 1 or 0.
         DeterminismError: ``deterministic`` is not one of the values above.
 
     Example:
         >>> seed_everything(11)
         11
+        >>> def draws(seed):
+        ...     seed_everything(seed, take_over=True)
+        ...     torch.manual_seed(1111)       # the script's own seeding...
+        ...     return torch.rand(2)
+        >>> torch.equal(draws(11), draws(12)), torch.equal(draws(11), draws(11))  # ...follows seed
+        (False, True)
     """
     mode = None if deterministic is None else check_mode(deterministic)
+    taking_over = takeover.take_over_from_env() if take_over is None else bool(take_over)
     root = resolve_seed(seed)
 
     global _root
@@ -125,6 +141,7 @@ def seed_everything(
         determinism.enable_determinism(mode)
     data.configure_loaders(root if workers else None)
     distributed.configure(root)
+    takeover.install(root, taking_over)
     log.info(
         "torchrepro: seeded everything with %d on rank %d of %d (deterministic=%s)",
         root,
@@ -181,7 +198,7 @@ def isolate_rng() -> Iterator[None]:
 
     Restores Python, numpy, torch CPU, device and registered generators' RNG states, the
     determinism flags, the environment variables torchrepro manages and its DataLoader
-    seeding. Blocks nest.
+    seeding and whether the script's own seeding is taken over. Blocks nest.
 
     Example:
         >>> before = torch.get_rng_state()
@@ -195,6 +212,7 @@ def isolate_rng() -> Iterator[None]:
     flags = determinism.snapshot()
     loaders = data.loader_config()
     ranks = distributed.config()
+    taken = takeover.config()
     root = _root
     try:
         yield
@@ -203,4 +221,5 @@ def isolate_rng() -> Iterator[None]:
         determinism.restore(flags)
         data.set_loader_config(loaders)
         distributed.set_config(ranks)
+        takeover.set_config(taken)
         _root = root

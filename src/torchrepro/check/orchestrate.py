@@ -57,6 +57,7 @@ def check_command(
     deterministic: bool | str | None = None,
     lockstep: bool = True,
     no_seed: bool = False,
+    take_over: bool | None = None,
     localize: bool = True,
     timeout: float | None = None,
     workdir: str | os.PathLike[str] | None = None,
@@ -75,6 +76,8 @@ def check_command(
         deterministic: As for ``seed_everything``: ``None``, ``True``, ``"warn"``, ``False``.
         lockstep: Run side by side and stop at the first divergence; else one after another.
         no_seed: Record only, without torchrepro seeding: checks the script as it is.
+        take_over: The script's own seeding derives from the root seed (as for
+            ``torchrepro run --take-over``); ``None``: ``TORCHREPRO_TAKE_OVER`` decides.
         localize: After a divergence, replay to name the module and op.
         timeout: Seconds each phase may take before the runs count as failed.
         workdir: Where records and logs go (default: a temporary folder, removed after).
@@ -91,7 +94,8 @@ def check_command(
         A :class:`CheckReport`; ``.exit_code`` is the command's exit status.
 
     Raises:
-        CheckError: Bad arguments, or the command cannot be started.
+        CheckError: Bad arguments (``take_over`` with ``no_seed`` among them), or the
+            command cannot be started.
         RecordError: A run's record is corrupt, or the runs' records are not comparable.
 
     Example:
@@ -116,9 +120,17 @@ def check_command(
         raise CheckError(
             f"resume_at needs K >= 1 and exactly 2 runs; got K={resume_at}, runs={runs}."
         )
+    if take_over and no_seed:
+        raise CheckError(
+            "take_over derives the script's own seeding from the root seed, and no_seed runs "
+            "without one; got both. Drop --no-seed to check the taken-over seeding, or "
+            "--take-over to check the script as it is."
+        )
     with _workdir(workdir) as folder:
         root = resolve_root(seed)
-        base = child_environment(root, deterministic, {**os.environ, **(env or {})})
+        base = child_environment(
+            root, deterministic, {**os.environ, **(env or {})}, take_over=take_over
+        )
         base[_contract.RECORD_WITH] = ",".join(OPTIONS)
         base.setdefault(_contract.REPLICA_EVERY, "1")
         if no_seed:
