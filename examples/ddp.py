@@ -17,6 +17,7 @@ comes from the root seed. Rank 0 prints the final digest.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import socket
@@ -89,7 +90,25 @@ def main(argv: list[str] | None = None) -> int:
         env.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
 
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
+    train(args, dist.get_rank())
+    leave_process_group()
+    return 0
+
+
+def leave_process_group() -> None:
+    """Ends the process group once nothing holds it any more.
+
+    DDP's reducer keeps the group alive, and a gloo group still alive when the interpreter
+    shuts down can abort a rank at exit ("terminate called without an active exception").
+    So the training's objects go first (``train`` has returned; a collection frees their
+    reference cycles), then every rank meets at a barrier, then the group goes.
+    """
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace, rank: int) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     steps_file = args.workdir / f"steps.rank{rank}.txt"
     checkpoint_file = args.workdir / f"checkpoint.rank{rank}.pt"
@@ -133,14 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                         "torchrepro": torchrepro.state_dict(),
                     }
                     torchrepro.save_checkpoint(checkpoint_file, checkpoint)
-                    dist.barrier()  # no rank leaves while another still talks to it
-                    dist.destroy_process_group()
-                    return 0
+                    return
     if rank == 0:
         print(f"{step} steps, parameters {digest(model)}")
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ process group before seed_everything.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -98,9 +99,12 @@ def main() -> None:
     }
     out = Path(os.environ["OUT"])
     (out / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # The process group goes once nothing holds it (DDP's reducer does): a gloo group
+    # still alive at interpreter exit can abort a rank there.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
