@@ -139,19 +139,30 @@ def header(
     }
 
 
+# When this process first loaded the record format: under the `torchrepro run` bootstrap,
+# at start-up, before the user's script runs.
+_LOADED = time.time()
+
+
 def _start_time() -> float:
-    """When this process started, in seconds since the epoch (Linux: from /proc)."""
+    """When this process started running this Python, in seconds since the epoch.
+
+    The later of its fork (Linux: from /proc) and its first import of this module: a shell
+    runs the last command of ``bash -c "a && b"`` by exec in its own process, which the
+    kernel dates from the shell's start, before ``a``; a forked process that trains
+    inherits the module from its parent but has a fork time of its own.
+    """
     try:
         # Field 22 of /proc/self/stat, in clock ticks after boot; the command name (field
         # 2, in parentheses) may hold spaces, so count from its closing parenthesis.
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         for line in Path("/proc/stat").read_text().splitlines():
             if line.startswith("btime "):
-                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+                forked = int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+                return max(forked, _LOADED)
     except (OSError, ValueError, IndexError):
         pass
-    # Elsewhere: when the record is opened, which still orders one process after another.
-    return time.time()
+    return _LOADED
 
 
 def this_process() -> dict[str, Any]:
