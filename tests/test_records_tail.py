@@ -8,15 +8,19 @@ import pytest
 
 from torchrepro.errors import RecordError
 from torchrepro.records import SCHEMA_VERSION, RecordTail, rank_path
-from torchrepro.records.format import header, rank_files
+from torchrepro.records.format import header, process_path, rank_files
+from torchrepro.records.tail import RunTail
 
 
 def line(obj: dict[str, Any]) -> str:
     return json.dumps(obj) + "\n"
 
 
-def head(rank: int = 0, world_size: int = 1) -> str:
-    return line(header(rank=rank, world_size=world_size, options={}, env={}, created="now"))
+def head(rank: int = 0, world_size: int = 1, argv: str = "", started: float = 0.0) -> str:
+    process = {"argv": argv.split(), "pid": 1, "started": started}
+    return line(
+        header(rank=rank, world_size=world_size, options={}, env={}, created="now", process=process)
+    )
 
 
 def entry(step: int, digest: str = "aa") -> str:
@@ -91,3 +95,23 @@ def test_rank_files_are_found_by_their_exact_names_only(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     (tmp_path / "other.rank0.jsonl").write_text("")
     assert rank_files(path) == {0: tmp_path / "run.rank0.jsonl", 1: tmp_path / "run.rank1.jsonl"}
+
+
+def test_a_run_reads_each_training_process_from_its_own_record_in_order_of_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.jsonl"
+    run = RunTail(path)
+    run.poll()
+    assert run.processes == [] and run.header is None
+    # Claimed in the order of first steps: b, then a (which started first), then torchrun.
+    path.write_text(head(argv="python b.py", started=2.0) + entry(0))
+    process_path(path, 1).write_text(head(argv="python a.py", started=1.0) + entry(0) + entry(1))
+    for rank in (0, 1):
+        rank_path(path, 2, rank).write_text(head(rank, 2, "python -u c.py", 3.0) + entry(0))
+    run.poll()
+    assert [p.header["argv"][-1] for p in run.processes if p.header] == ["a.py", "b.py", "c.py"]
+    assert [len(p.entries) for p in run.processes] == [2, 1, 1]
+    assert len(run.processes[2].entries[0]["ranks"]) == 2  # the ranks of one training, merged
+    assert run.header is not None and run.header["argv"] == ["python", "a.py"]
+    assert run.steps == 4

@@ -54,6 +54,7 @@ RECORD_ALGORITHM = "TORCHREPRO_RECORD_ALGORITHM"
 REPLICA_EVERY = "TORCHREPRO_REPLICA_EVERY"
 TRACE = "TORCHREPRO_TRACE"
 TRACE_STEP = "TORCHREPRO_TRACE_STEP"
+TRACE_ARGV = "TORCHREPRO_TRACE_ARGV"
 RUN_INDEX = "TORCHREPRO_RUN"
 STOP_AT = "TORCHREPRO_STOP_AT"
 RESUME = "TORCHREPRO_RESUME"
@@ -97,6 +98,13 @@ _VARIABLES = (
     ),
     Variable(TRACE, f"{_CHECK} (replays)", "the bootstrap's op tracer", True, "the trace file"),
     Variable(TRACE_STEP, f"{_CHECK} (replays)", "the op tracer", True, "the step to trace"),
+    Variable(
+        TRACE_ARGV,
+        f"{_CHECK} (replays)",
+        "the bootstrap's op tracer",
+        True,
+        "JSON list: the command line of the one process to trace",
+    ),
     Variable(RUN_INDEX, _CHECK, "the user's script, if it wants", True, "the run's number, 1..N"),
     Variable(
         STOP_AT, f"{_CHECK} --resume-at", "the user's script", True, "stop after this step"

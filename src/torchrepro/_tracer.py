@@ -26,6 +26,7 @@ from torchrepro import _contract
 from torchrepro._files import atomic_text_writer
 from torchrepro.digests import _digest_tensors
 from torchrepro.localize import OUTSIDE, TRACE_FORMAT, trace_event
+from torchrepro.records.format import process_argv
 
 __all__ = ["start_trace_from_env"]
 
@@ -119,6 +120,9 @@ def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
 def start_trace_from_env() -> bool:
     """Starts the step tracer if ``TORCHREPRO_TRACE`` and ``TORCHREPRO_TRACE_STEP`` are set.
 
+    With ``TORCHREPRO_TRACE_ARGV`` (a JSON list) only the process of that command line
+    traces: the one training process of a command that ``check`` replays.
+
     Returns:
         Whether a tracer was started.
 
@@ -140,5 +144,8 @@ def start_trace_from_env() -> bool:
     path, step = os.environ.get(_contract.TRACE), os.environ.get(_contract.TRACE_STEP)
     if not path or step is None:
         return False
+    wanted = os.environ.get(_contract.TRACE_ARGV)
+    if wanted and json.loads(wanted) != process_argv():
+        return False  # another process of the command: check replays the one that parted
     _StepTrace(Path(path), int(step))
     return True

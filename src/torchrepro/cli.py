@@ -165,16 +165,21 @@ def _check(args: argparse.Namespace) -> int:
     from torchrepro.check import check_command
 
     tty = sys.stderr.isatty()
+    shown = 0  # the width of the progress line on the terminal, 0 before the first
 
     def progress(text: str) -> None:
+        # One line, rewritten in place on a terminal; nothing in a log file.
+        nonlocal shown
         if tty:
-            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+            print(f"\r{text.ljust(shown)}", end="", file=sys.stderr, flush=True)
+            shown = max(shown, len(text))
 
     print(
         f"torchrepro check: {args.runs} runs, "
         f"{'one after another' if args.sequential else 'side by side'} ...",
         file=sys.stderr,
     )
+    report = None
     try:
         report = check_command(
             _command(args),
@@ -192,10 +197,13 @@ def _check(args: argparse.Namespace) -> int:
             resume_at=args.resume_at,
         )
     except KeyboardInterrupt:
-        print("\ntorchrepro check: interrupted; every run was stopped", file=sys.stderr)
+        pass
+    finally:
+        if shown:  # end the progress line, whatever comes next
+            print(file=sys.stderr)
+    if report is None:
+        print("torchrepro check: interrupted; every run was stopped", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    if tty:
-        print(file=sys.stderr)
     print(report.render())
     if args.json is not None:
         import json

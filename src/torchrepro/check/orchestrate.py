@@ -8,6 +8,11 @@ step 5 of a 10,000-step training costs about 5 steps. Then both runs are replaye
 step with the op tracer on (:mod:`torchrepro.localize`) to name the module and op, and the
 environment manifests are compared.
 
+A command may start several trainings (``python a.py && python b.py``, or two at once):
+each Python process that trains writes a record of its own, and the processes of the runs
+are paired by command line and order of start and compared pair by pair; a training
+process that ran in one run and not in the other is a finding.
+
 This process only starts runs and reads their JSON records: it imports no torch.
 Exit status of the command (:class:`~torchrepro.errors.ExitCode`): 0 identical,
 1 diverged, 2 usage error, 3 a run failed.
@@ -16,24 +21,35 @@ Exit status of the command (:class:`~torchrepro.errors.ExitCode`): 0 identical,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchrepro import _contract
 from torchrepro import localize as loc
 from torchrepro.check.plot import plot as draw_plot
-from torchrepro.check.report import DIVERGED, FAILED, IDENTICAL, CheckReport, Divergence
+from torchrepro.check.report import (
+    DIVERGED,
+    FAILED,
+    IDENTICAL,
+    CheckReport,
+    Divergence,
+    TrainingProcess,
+    command_words,
+)
 from torchrepro.check.session import (
     POLL_SECONDS,
     Run,
     RunTimeout,
     Session,
+    argv_of,
     stop_on_signals,
     stop_process,
 )
@@ -71,7 +87,8 @@ def check_command(
     Args:
         command: The command, e.g. ``["python", "train.py", "--epochs", "1"]``.
         runs: How many runs (at least 2).
-        max_steps: Stop the runs after this many optimizer steps.
+        max_steps: Compare at most this many optimizer steps of each training process;
+            the runs are stopped once every training process seen reached it.
         seed: Root seed for every run (default: ``TORCHREPRO_SEED``, else a fresh one).
         deterministic: As for ``seed_everything``: ``None``, ``True``, ``"warn"``, ``False``.
         lockstep: Run side by side and stop at the first divergence; else one after another.
@@ -81,7 +98,8 @@ def check_command(
         localize: After a divergence, replay to name the module and op.
         timeout: Seconds each phase may take before the runs count as failed.
         workdir: Where records and logs go (default: a temporary folder, removed after).
-        progress: Called with a short progress text.
+        progress: Called with a one-line progress text (steps compared, per training
+            process when there are several, and the seconds elapsed) when it changes.
         plot: Write a PNG of, per step, how many recorded values differ and how far the
             logged numbers (e.g. the loss) are apart; the runs then go on after the first
             divergence. Needs matplotlib.
@@ -169,6 +187,12 @@ def check_command(
                         "first differing module: not localized (the replay would run "
                         "uninterrupted; the difference comes with the resume)"
                     )
+                elif _sharing(session, d) > 1:
+                    report.notes.append(
+                        f"first differing module: not localized ({_sharing(session, d)} "
+                        "training processes of a run have its command line; the replay "
+                        "cannot tell which one to trace)"
+                    )
                 else:
                     report.localization = _trace(session, d)
         except RunTimeout:
@@ -179,10 +203,16 @@ def check_command(
             finally:
                 restore_signals()
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
-        report.notes += _replica_notes(session)
+        report.processes = _processes(session)
+        # A process's place by start is known for sure only now that every record is read.
+        for found, pair in session.origins:
+            if found is report.divergence:
+                report.divergence = replace(found, process=pair.process)
+        report.notes += session.notes + _replica_notes(session)
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
-        if len(headers) >= 2:
-            report.environment = list(environment_differences(headers[0]["env"], headers[1]["env"]))
+        compared = _environments(session, report.divergence)
+        if compared is not None:
+            report.environment = list(environment_differences(*compared))
         if report.verdict != FAILED and not headers:
             report.verdict = FAILED
             report.message = (
@@ -197,7 +227,7 @@ def check_command(
             seeded=not no_seed,
             deterministic=bool(deterministic),
         )
-        report.series = {f"{a}-{b}": values for (a, b), values in session.series.items()}
+        report.series = dict(session.series)
         if plot is not None:
             draw_plot(report, Path(plot))
         return report
@@ -250,12 +280,12 @@ def _compare_resumed(
         first_leg.tail.poll()
         if code != 0:
             crashed = first_leg
-        elif len(first_leg.tail.entries) != resume_at:
+        elif first_leg.tail.steps != resume_at:
             session.stop([full])
             report.verdict = FAILED
             report.message = (
                 f"run 2 was asked to stop after step {resume_at} but recorded "
-                f"{len(first_leg.tail.entries)} steps: does the script honour {_contract.STOP_AT}, "
+                f"{first_leg.tail.steps} steps: does the script honour {_contract.STOP_AT}, "
                 f"{_contract.RESUME} and {_contract.CHECKPOINT_DIR}? (examples/resume.py shows how)"
             )
             return
@@ -277,7 +307,7 @@ def _conclude(
         report.verdict = FAILED
         report.message = (
             f"run {crashed.outcome.index} exited with status "
-            f"{crashed.process.returncode} after {len(crashed.tail.entries)} steps"
+            f"{crashed.process.returncode} after {crashed.tail.steps} steps"
         )
     elif divergence is not None:
         report.verdict, report.divergence = DIVERGED, divergence
@@ -289,17 +319,64 @@ def _conclude(
         )
 
 
+def _processes(session: Session) -> list[TrainingProcess]:
+    """Each training process of the reference run that was compared, with its steps.
+
+    The legs of a resumed run add up; of several runs compared with one reference, the
+    pair that got furthest counts.
+    """
+    steps: dict[int, dict[int, int]] = {}
+    named: dict[int, TrainingProcess] = {}
+    for pair in session.pairs:
+        per_run = steps.setdefault(id(pair.ours), {})
+        index = pair.other.outcome.index
+        per_run[index] = per_run.get(index, 0) + pair.compared
+        named.setdefault(id(pair.ours), TrainingProcess(pair.process, command_words(pair.argv), 0))
+    found = [replace(p, steps=max(steps[key].values())) for key, p in named.items()]
+    return sorted(found, key=lambda p: p.order)
+
+
+def _environments(
+    session: Session, divergence: Divergence | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The manifests to compare: of the diverging pair, else of the first pair compared."""
+    pairs = [pair for found, pair in session.origins if found is divergence] or session.pairs
+    if pairs:
+        a, b = pairs[0].ours.header or {}, pairs[0].theirs.header or {}
+        return a.get("env", {}), b.get("env", {})
+    headers = [run.tail.header for run in session.runs if run.tail.header and run.name != "replay"]
+    return (headers[0]["env"], headers[1]["env"]) if len(headers) >= 2 else None
+
+
+def _sharing(session: Session, divergence: Divergence) -> int:
+    """How many training processes of a diverging run have the diverging one's command line."""
+    counts = [
+        sum(argv_of(process) == divergence.argv for process in run.tail.processes)
+        for run in session.runs
+        if run.outcome.index in (divergence.a, divergence.b) and run.name == "run"
+    ]
+    return max(counts, default=0)
+
+
 def _trace(session: Session, divergence: Divergence) -> loc.Localization | None:
-    """Replays the two diverging runs up to the divergent entry with the op tracer on."""
+    """Replays the two diverging runs up to the divergent entry with the op tracer on.
+
+    Only the diverging training process of the command traces (by its command line).
+    """
     traces = []
     runs = []
+    target = {_contract.TRACE_ARGV: json.dumps(list(divergence.argv))} if divergence.argv else {}
     for index in (divergence.a, divergence.b):
         path = session.workdir / f"trace{index}.jsonl"
         traces.append(path)
         runs.append(
             session.start(
                 index,
-                {_contract.TRACE: str(path), _contract.TRACE_STEP: str(divergence.entry)},
+                {
+                    _contract.TRACE: str(path),
+                    _contract.TRACE_STEP: str(divergence.entry),
+                    **target,
+                },
                 name="replay",
             )
         )

@@ -12,6 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import os
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +23,16 @@ from torchrepro.errors import ExitCode
 from torchrepro.localize import Localization
 from torchrepro.records.format import STEPS, section_of
 
-__all__ = ["DIVERGED", "FAILED", "IDENTICAL", "CheckReport", "Divergence", "RunOutcome"]
+__all__ = [
+    "DIVERGED",
+    "FAILED",
+    "IDENTICAL",
+    "CheckReport",
+    "Divergence",
+    "RunOutcome",
+    "TrainingProcess",
+    "command_words",
+]
 
 IDENTICAL, DIVERGED, FAILED = "identical", "diverged", "failed"
 _EXIT_CODES = {IDENTICAL: ExitCode.OK, DIVERGED: ExitCode.FINDING, FAILED: ExitCode.RUN_FAILED}
@@ -35,10 +47,11 @@ class RunOutcome:
         record: Path of its record file.
         name: ``"run"``; ``"resumed"`` for the second leg of a resumed run; ``"replay"``
             for a localization replay.
-        steps: Entries recorded.
+        steps: Entries recorded, all its training processes together.
         returncode: Exit status, or None if check stopped it (early stop).
         stopped: Whether check stopped it.
         stderr_tail: The last lines of its standard error.
+        processes: How many of its processes trained (wrote a record).
     """
 
     index: int
@@ -48,6 +61,36 @@ class RunOutcome:
     returncode: int | None = None
     stopped: bool = False
     stderr_tail: str = ""
+    processes: int = 0
+
+
+def command_words(argv: Sequence[str], width: int = 80) -> str:
+    """A process's command line, short enough for one line of the report.
+
+    Paths are cut to their last part; a line longer than ``width`` ends in "...".
+
+    Example:
+        >>> command_words(["/venv/bin/python", "/home/me/train.py", "--lr", "0.1"])
+        'python train.py --lr 0.1'
+    """
+    words = [os.path.basename(w) if i == 0 or os.path.isabs(w) else w for i, w in enumerate(argv)]
+    text = shlex.join(words) if words else "(unknown command line)"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@dataclass(frozen=True)
+class TrainingProcess:
+    """A training process of the command, compared across the runs.
+
+    Attributes:
+        order: Its place, 1-based, among the training processes of the first run, by start.
+        command: Its command line (:func:`command_words`).
+        steps: Steps compared.
+    """
+
+    order: int
+    command: str
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -58,10 +101,18 @@ class Divergence:
     logged values before the all-reduced gradients every rank shares), ``ranks`` every rank
     that differs at that entry; both stay empty for a single process.
 
+    ``process`` and ``argv`` name the training process where it is (its place among the
+    training processes of run ``a``, by start, and its command line). ``missing_in`` is set
+    when the finding is a training process that ran in one run and not in the other: run
+    ``missing_in`` has no process like training process ``process`` of the other run.
+
     Example:
         >>> d = Divergence(1, 2, entry=3, step=3, optimizer=0, keys=("grads.fc.weight",))
         >>> d.section, d.describe()
         ('grads', 'gradients of fc.weight')
+        >>> Divergence(1, 2, 0, None, None, (), process=2, argv=("python", "b.py"),
+        ...            missing_in=2).describe()
+        'the training processes: run 2 has none with the command line of process 2 of run 1'
     """
 
     a: int
@@ -72,14 +123,27 @@ class Divergence:
     keys: tuple[str, ...]
     rank: int | None = None
     ranks: tuple[int, ...] = ()
+    process: int | None = None
+    argv: tuple[str, ...] = ()
+    missing_in: int | None = None
 
     @property
     def section(self) -> str:
         """Where the first difference is: batch, rng, log, grads, params or steps."""
         return section_of(self.keys[0]) if self.keys else STEPS
 
+    @property
+    def present_in(self) -> int:
+        """The run that has the process (the other one than ``missing_in``)."""
+        return self.a if self.missing_in == self.b else self.b
+
     def describe(self) -> str:
         """The first differing record, in words."""
+        if self.missing_in is not None:
+            return (
+                f"the training processes: run {self.missing_in} has none with the command "
+                f"line of process {self.process} of run {self.present_in}"
+            )
         return describe_difference(self.keys)
 
 
@@ -101,6 +165,7 @@ class CheckReport:
     resume_at: int | None = None
     threads: str | None = None
     notes: list[str] = field(default_factory=list)
+    processes: list[TrainingProcess] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -127,6 +192,7 @@ class CheckReport:
             "resume_at": self.resume_at,
             "threads": self.threads,
             "notes": self.notes,
+            "processes": [vars(process) for process in self.processes],
         }
 
     def render(self) -> str:
@@ -162,11 +228,26 @@ class CheckReport:
             if self.resume_at is None
             else f" (run 2 stopped after step {self.resume_at} and resumed in a new process)"
         )
-        return [f"bitwise identical: {runs} runs, {self.steps_compared} steps compared{resumed}"]
+        several = (
+            f"{len(self.processes)} training processes, " if len(self.processes) > 1 else ""
+        )
+        lines = [
+            f"bitwise identical: {runs} runs, {several}{self.steps_compared} steps compared"
+            f"{resumed}"
+        ]
+        if several:
+            lines += [f"  process {p.order}: {p.command}, {p.steps} steps" for p in self.processes]
+        return lines
 
     def _divergence(self) -> list[str]:
         d = self.divergence
         assert d is not None, "a diverged report has a divergence"
+        if d.missing_in is not None:
+            return [
+                f"DIVERGED: training process {d.process} of run {d.present_in} did not run in "
+                f"run {d.missing_in} ({self.steps_compared} steps compared)",
+                f"  missing process: {command_words(d.argv)}",
+            ]
         after_resume = self.resume_at is not None and d.entry >= self.resume_at
         lines = [
             f"DIVERGED at step {d.step}"
@@ -176,6 +257,11 @@ class CheckReport:
             + (" after the resume" if after_resume else ""),
             f"  first differing record: {d.describe()}",
         ]
+        # Named when the command is not itself the one training: several trainings, or
+        # one started by a wrapper (a shell, torchrun) that may start others.
+        trainings = max([len(self.processes), *(run.processes for run in self.runs)])
+        if d.process is not None and (trainings > 1 or list(d.argv) != self.command):
+            lines.insert(1, f"  in training process {d.process}: {command_words(d.argv)}")
         if len(d.ranks) > 1:
             lines.append(
                 "  ranks that differ at that step: "

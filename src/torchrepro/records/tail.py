@@ -4,8 +4,10 @@
 reads the complete lines appended since the last poll and passes them through the same
 checks as :func:`~torchrepro.records.read_record` (format, schema version, one JSON entry
 per line); a line still being written (no newline yet) waits for the next poll. A run of
-several ranks is read from its rank files, merged step by step. Nothing here imports
-torch.
+several ranks is read from its rank files, merged step by step. :class:`RunTail` reads
+every training process of one run (each has its record beside the run's path, see
+:func:`~torchrepro.records.format.claim_record`), in the order they started. Nothing here
+imports torch.
 
 Example:
     >>> model = torch.nn.Linear(2, 1)
@@ -37,13 +39,16 @@ from torchrepro.records.format import (
     OPTIMIZER,
     RANKS,
     REPLICAS,
+    STARTED,
     STEP,
     parse_entry,
     parse_header,
+    process_files,
+    process_path,
     rank_files,
 )
 
-__all__ = ["RecordTail"]
+__all__ = ["RecordTail", "RunTail"]
 
 
 class _FileTail:
@@ -99,18 +104,25 @@ class RecordTail:
     exists once every rank has written its ``i``-th step; it holds each rank's entry under
     ``"ranks"``, so runs are compared rank by rank. The header is rank 0's.
 
+    Args:
+        path: The record file asked for (one training process's, see
+            :func:`~torchrepro.records.format.process_path`).
+        ranks: True: read only the rank files; False: only ``path`` itself; None: ``path``,
+            else the rank files.
+
     Attributes:
-        path: The record file asked for (``TORCHREPRO_RECORD`` of the run).
+        path: The record file asked for.
         header: The header, once written; else None.
         entries: The step entries read so far.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], ranks: bool | None = None) -> None:
         self.path = Path(path)
         self.header: dict[str, Any] | None = None
         self.entries: list[dict[str, Any]] = []
-        self._single = _FileTail(self.path)
+        self._single = _FileTail(self.path) if ranks is not True else None
         self._ranks: dict[int, _FileTail] = {}
+        self._ranked = ranks is not False
 
     def poll(self) -> None:
         """Reads what was appended since the last poll.
@@ -119,13 +131,14 @@ class RecordTail:
             RecordError: A complete line is not a record header or entry of this schema
                 version (a torn write in the middle, a mixed or foreign file).
         """
-        try:
-            self._single.poll()
-        finally:  # the entries before a corrupt line stay readable
-            if self._single.header is not None:
-                self.header, self.entries = self._single.header, self._single.entries
-        if self._single.header is not None:
-            return
+        if self._single is not None:
+            try:
+                self._single.poll()
+            finally:  # the entries before a corrupt line stay readable
+                if self._single.header is not None:
+                    self.header, self.entries = self._single.header, self._single.entries
+            if self._single.header is not None or not self._ranked:
+                return
         for rank, path in rank_files(self.path).items():
             self._ranks.setdefault(rank, _FileTail(path))
         for tail in self._ranks.values():
@@ -166,3 +179,75 @@ class RecordTail:
                     found.append((entry.get(STEP), replicas))
                     break
         return found
+
+
+class RunTail:
+    """The records of one run as they grow: one per training process of its command.
+
+    A command may start several trainings, one after another (``python a.py && python
+    b.py``) or at once; each Python process that trains records beside the run's path
+    (``run1.jsonl``, ``run1.p1.jsonl``, ...; torchrun's ranks of one training are one
+    process here, merged by :class:`RecordTail`).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> os.environ["TORCHREPRO_RECORD"] = "run.jsonl"  # the run's path, as check sets it
+        >>> for steps in (2, 3):  # two trainings of one run
+        ...     with torchrepro.record("run.jsonl"):
+        ...         for _ in range(steps):
+        ...             opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> run = RunTail("run.jsonl"); run.poll()
+        >>> [len(process.entries) for process in run.processes], run.steps
+        ([2, 3], 5)
+        >>> [process.path.name for process in run.processes]
+        ['run.jsonl', 'run.p1.jsonl']
+
+    Attributes:
+        path: The run's record path (``TORCHREPRO_RECORD`` of the run).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._tails: dict[tuple[int, bool], RecordTail] = {}
+
+    def poll(self) -> None:
+        """Finds the processes that started recording and reads what each appended.
+
+        Raises:
+            RecordError: A complete line of a record is not a header or entry of this
+                schema version.
+        """
+        for order, ranked in process_files(self.path):
+            key = (order, ranked)
+            if key not in self._tails:
+                self._tails[key] = RecordTail(process_path(self.path, order), ranks=ranked)
+        for tail in self._tails.values():
+            tail.poll()
+
+    @property
+    def processes(self) -> list[RecordTail]:
+        """The record of each training process, once its header is read, by start time."""
+        found = [(key, tail) for key, tail in self._tails.items() if tail.header is not None]
+        found.sort(key=lambda item: (_started(item[1]), item[0]))
+        return [tail for _, tail in found]
+
+    @property
+    def header(self) -> dict[str, Any] | None:
+        """The header of the first training process to start; None before any recorded."""
+        processes = self.processes
+        return processes[0].header if processes else None
+
+    @property
+    def steps(self) -> int:
+        """The entries recorded so far, all processes together."""
+        return sum(len(tail.entries) for tail in self._tails.values())
+
+    def replica_drift(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """(step, replica verdict) of each replica check that found a rank drifting."""
+        return [found for tail in self.processes for found in tail.replica_drift()]
+
+
+def _started(tail: RecordTail) -> float:
+    started = (tail.header or {}).get(STARTED)
+    return float(started) if isinstance(started, (int, float)) else 0.0

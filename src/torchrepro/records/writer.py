@@ -64,8 +64,10 @@ from torchrepro.records.format import (
     REPLICAS,
     RNG,
     STEP,
+    claim_record,
     header,
     rank_path,
+    this_process,
 )
 
 __all__ = ["LogValue", "Recorder", "log", "record", "start_from_env"]
@@ -235,10 +237,17 @@ class Recorder:
         # what the script set up before training (thread counts, determinism flags).
         manifest = environment()
         world_size, rank = distributed.world_size(), distributed.rank()
-        self.path = rank_path(self._requested, world_size, rank)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # "w": a record describes one run; appending a second run would interleave two.
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self._requested.parent.mkdir(parents=True, exist_ok=True)
+        inherited = os.environ.get(_contract.RECORD)
+        if inherited and Path(inherited) == self._requested:
+            # The run's path, which every Python process of the command inherits: each one
+            # that trains claims a file of its own beside it, so two trainings of one
+            # command (one after the other, or at once) never write over each other.
+            self.path, self._file = claim_record(self._requested, world_size, rank)
+        else:
+            # A path this process chose: "w", a record describes one run of it.
+            self.path = rank_path(self._requested, world_size, rank)
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write(
             header(
@@ -247,6 +256,7 @@ class Recorder:
                 options=self._options,
                 env=manifest,
                 created=created,
+                process=this_process(),
             )
         )
 
