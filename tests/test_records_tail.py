@@ -8,7 +8,8 @@ import pytest
 
 from torchrepro.errors import RecordError
 from torchrepro.records import SCHEMA_VERSION, RecordTail, rank_path
-from torchrepro.records.format import header, process_path, rank_files
+from torchrepro.records.files import process_path, rank_files
+from torchrepro.records.format import header
 from torchrepro.records.tail import RunTail
 
 

@@ -26,7 +26,7 @@ from torchrepro import _contract
 from torchrepro._files import atomic_text_writer
 from torchrepro.digests import _digest_tensors
 from torchrepro.localize import OUTSIDE, TRACE_FORMAT, trace_event
-from torchrepro.records.format import process_argv
+from torchrepro.records.files import process_argv
 
 __all__ = ["start_trace_from_env"]
 

@@ -32,15 +32,8 @@ from torchrepro import _contract
 from torchrepro.check.report import Divergence, RunOutcome, command_words
 from torchrepro.compare import compare_entries
 from torchrepro.errors import CheckError
-from torchrepro.records.format import (
-    ARGV,
-    LOG,
-    OPTIMIZER,
-    STEP,
-    process_files,
-    process_path,
-    rank_files,
-)
+from torchrepro.records.files import ARGV, process_files, process_path, rank_files
+from torchrepro.records.format import LOG, OPTIMIZER, STEP
 from torchrepro.records.tail import RecordTail, RunTail
 
 __all__ = ["Pair", "Run", "RunTimeout", "Session", "stop_on_signals", "stop_process"]

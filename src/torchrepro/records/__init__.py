@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torchrepro.records.format import FORMAT, SCHEMA_VERSION, Record, rank_path, read_record
+from torchrepro.records.files import rank_path
+from torchrepro.records.format import FORMAT, SCHEMA_VERSION, Record, read_record
 from torchrepro.records.tail import RecordTail
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
   "world_size": 1, "argv": ["python", "train.py"], "pid": 4242, "started": 1765.2e6,
   "options": {...}, "env": {...environment manifest...}}``; ``argv`` (the command line
   of the process), ``pid`` and ``started`` (when the process started, in seconds since
-  the epoch) tell the training processes of one command apart (:func:`this_process`)
+  the epoch) tell the training processes of one command apart
+  (:func:`~torchrepro.records.files.this_process`)
 * then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
   "params": {"fc.weight": "<32 hex>", ...}, "grads": {...}, "batch": [[...], ...],
   "rng": {"python": ..., "numpy": ..., "torch": ..., "generator:aug": ...},
@@ -19,11 +20,10 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
 
 Each line is written and flushed as its step ends, so a crash loses at most the step in
 flight; :func:`read_record` reads a record cut mid-line back to its last complete entry.
-With several ranks each writes its own file (:func:`rank_path`). Every Python process of a
-command that ``torchrepro check`` runs inherits the run's path; each one that trains claims
-a file of its own beside it (:func:`claim_record`: ``run1.jsonl``, ``run1.p1.jsonl``, ...,
-and ``run1.rank0.jsonl``, ``run1.p1.rank0.jsonl``, ... for torchrun's ranks), and
-:func:`process_files` finds them. Nothing here imports torch: the launching process of
+With several ranks each writes its own file, and every training process of a command
+that ``torchrepro check`` runs claims one of its own (:mod:`torchrepro.records.files`:
+``run1.jsonl``, ``run1.p1.jsonl``, ..., ``run1.rank0.jsonl`` for torchrun's ranks). Nothing
+here imports torch: the launching process of
 ``torchrepro check`` reads records with it.
 
 Example:
@@ -41,15 +41,11 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from torchrepro.errors import RecordError
 
@@ -59,19 +55,12 @@ __all__ = [
     "SECTIONS",
     "Record",
     "causal_rank",
-    "claim_record",
     "entry_values",
     "header",
     "parse_entry",
     "parse_header",
-    "process_argv",
-    "process_files",
-    "process_path",
-    "rank_files",
-    "rank_path",
     "read_record",
     "section_of",
-    "this_process",
 ]
 
 FORMAT = "torchrepro-record"
@@ -104,10 +93,6 @@ OPTIONS = (GRADS, BATCH, RNG)
 """The optional sections a recording can switch on (``record(grads=True, ...)``)."""
 
 
-ARGV, PID, STARTED = "argv", "pid", "started"
-"""Header keys of the process that wrote a record (see :func:`this_process`)."""
-
-
 def header(
     *,
     rank: int,
@@ -119,7 +104,8 @@ def header(
 ) -> dict[str, Any]:
     """The header line of a record written by rank ``rank`` of ``world_size``.
 
-    ``process`` is :func:`this_process` of the writer (its command line, pid, start time).
+    ``process`` is :func:`~torchrepro.records.files.this_process` of the writer (its command
+    line, pid, start time).
 
     Example:
         >>> line = header(rank=0, world_size=1, options={}, env={}, created="now",
@@ -137,56 +123,6 @@ def header(
         "options": options,
         "env": env,
     }
-
-
-# When this process first loaded the record format: under the `torchrepro run` bootstrap,
-# at start-up, before the user's script runs.
-_LOADED = time.time()
-
-
-def _start_time() -> float:
-    """When this process started running this Python, in seconds since the epoch.
-
-    The later of its fork (Linux: from /proc) and its first import of this module: a shell
-    runs the last command of ``bash -c "a && b"`` by exec in its own process, which the
-    kernel dates from the shell's start, before ``a``; a forked process that trains
-    inherits the module from its parent but has a fork time of its own.
-    """
-    try:
-        # Field 22 of /proc/self/stat, in clock ticks after boot; the command name (field
-        # 2, in parentheses) may hold spaces, so count from its closing parenthesis.
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                forked = int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-                return max(forked, _LOADED)
-    except (OSError, ValueError, IndexError):
-        pass
-    return _LOADED
-
-
-def this_process() -> dict[str, Any]:
-    """This process's command line, pid and start time, as its record's header holds them.
-
-    ``torchrepro check`` pairs the training processes of its runs by command line and by
-    order of start.
-
-    Example:
-        >>> sorted(this_process()), this_process()["pid"] == os.getpid()
-        (['argv', 'pid', 'started'], True)
-    """
-    return {ARGV: process_argv(), PID: os.getpid(), STARTED: _start_time()}
-
-
-def process_argv() -> list[str]:
-    """This process's command line, its interpreter and options included.
-
-    Example:
-        >>> process_argv()[0] == sys.orig_argv[0]
-        True
-    """
-    # orig_argv keeps the interpreter and its options (`python -m pkg`, `-c CODE`).
-    return list(getattr(sys, "orig_argv", None) or sys.argv)
 
 
 def section_of(key: str) -> str:
@@ -229,112 +165,6 @@ def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
             # json.dumps keeps the float exact and tells NaN apart from a missing value.
             out[f"{section}.{name}"] = value if isinstance(value, str) else json.dumps(value)
     return out
-
-
-def rank_path(path: str | os.PathLike[str], world_size: int, rank: int) -> Path:
-    """The file a rank writes: ``path`` itself for one process, else ``stem.rank{r}.suffix``.
-
-    Example:
-        >>> str(rank_path("runs/a.jsonl", 4, 2))
-        'runs/a.rank2.jsonl'
-    """
-    p = Path(path)
-    if world_size <= 1:
-        return p
-    return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
-
-
-def process_path(path: str | os.PathLike[str], order: int) -> Path:
-    """The record of the training process ``order`` of a run: ``path``, then ``stem.p{n}``.
-
-    Order 0 is the first process of the run to claim a record (:func:`claim_record`).
-
-    Example:
-        >>> str(process_path("runs/a.jsonl", 0)), str(process_path("runs/a.jsonl", 2))
-        ('runs/a.jsonl', 'runs/a.p2.jsonl')
-    """
-    p = Path(path)
-    return p if order == 0 else p.with_name(f"{p.stem}.p{order}{p.suffix}")
-
-
-def claim_record(
-    path: str | os.PathLike[str], world_size: int, rank: int
-) -> tuple[Path, IO[str]]:
-    """Creates and opens the record file of this process among those of the run at ``path``.
-
-    Every Python process of a run inherits the run's path; each that trains takes the
-    first free process slot (:func:`process_path`, with the rank inserted under torchrun),
-    created with ``O_CREAT | O_EXCL``: two processes starting together never get the same
-    file, and no process overwrites another's record.
-
-    Returns:
-        The file's path and the file, open for writing text.
-
-    Example:
-        >>> for world_size, rank in ((1, 0), (1, 0), (2, 1)):
-        ...     path, file = claim_record("run.jsonl", world_size, rank)
-        ...     file.close(); print(path)
-        run.jsonl
-        run.p1.jsonl
-        run.rank1.jsonl
-    """
-    for order in itertools.count():
-        candidate = rank_path(process_path(path, order), world_size, rank)
-        try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        return candidate, open(fd, "w", encoding="utf-8")  # noqa: SIM115
-    raise AssertionError("unreachable")  # itertools.count() never ends
-
-
-def process_files(path: str | os.PathLike[str]) -> list[tuple[int, bool]]:
-    """The training processes that have a record at the run path ``path`` now.
-
-    Each is ``(order, ranked)``: its record is ``process_path(path, order)``, as one file,
-    or as one file per rank when ``ranked``. A process of one rank and a torchrun training
-    may share an order: their names differ.
-
-    Example:
-        >>> for order, ranks in ((0, 1), (1, 1), (0, 2)):
-        ...     for rank in range(ranks):
-        ...         _ = rank_path(process_path("run.jsonl", order), ranks, rank).write_text("")
-        >>> _ = Path("run.p01.jsonl").write_text("")  # not a name claim_record gives
-        >>> process_files("run.jsonl")
-        [(0, False), (0, True), (1, False)]
-    """
-    p = Path(path)
-    name = re.compile(rf"{re.escape(p.stem)}(?:\.p(\d+))?(?:\.rank(\d+))?{re.escape(p.suffix)}")
-    found = set()
-    for candidate in p.parent.glob(f"{p.stem}*{p.suffix}"):
-        match = name.fullmatch(candidate.name)
-        if match is None:
-            continue
-        order, rank = int(match[1] or 0), match[2]
-        ranked = rank is not None
-        # Only the names claim_record gives: no "p0", no leading zeros.
-        if rank_path(process_path(p, order), 2 if ranked else 1, int(rank or 0)) == candidate:
-            found.add((order, ranked))
-    return sorted(found)
-
-
-def rank_files(path: str | os.PathLike[str]) -> dict[int, Path]:
-    """The per-rank files of a record asked for at ``path`` that exist now, by rank.
-
-    Example:
-        >>> for rank in (1, 0):
-        ...     _ = rank_path("run.jsonl", 2, rank).write_text("")
-        >>> rank_files("run.jsonl")
-        {0: PosixPath('run.rank0.jsonl'), 1: PosixPath('run.rank1.jsonl')}
-    """
-    p = Path(path)
-    prefix, suffix = f"{p.stem}.rank", p.suffix
-    found = {}
-    for candidate in p.parent.glob(f"{prefix}*{suffix}"):
-        number = candidate.name[len(prefix) : len(candidate.name) - len(suffix)]
-        if number.isdigit() and rank_path(p, 2, int(number)) == candidate:
-            found[int(number)] = candidate
-    return dict(sorted(found.items()))
 
 
 def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:

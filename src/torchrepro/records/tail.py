@@ -6,7 +6,7 @@ checks as :func:`~torchrepro.records.read_record` (format, schema version, one J
 per line); a line still being written (no newline yet) waits for the next poll. A run of
 several ranks is read from its rank files, merged step by step. :class:`RunTail` reads
 every training process of one run (each has its record beside the run's path, see
-:func:`~torchrepro.records.format.claim_record`), in the order they started. Nothing here
+:func:`~torchrepro.records.files.claim_record`), in the order they started. Nothing here
 imports torch.
 
 Example:
@@ -34,18 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from torchrepro.errors import RecordError
+from torchrepro.records.files import STARTED, process_files, process_path, rank_files
 from torchrepro.records.format import (
     ALGORITHM,
     OPTIMIZER,
     RANKS,
     REPLICAS,
-    STARTED,
     STEP,
     parse_entry,
     parse_header,
-    process_files,
-    process_path,
-    rank_files,
 )
 
 __all__ = ["RecordTail", "RunTail"]
@@ -106,7 +103,7 @@ class RecordTail:
 
     Args:
         path: The record file asked for (one training process's, see
-            :func:`~torchrepro.records.format.process_path`).
+            :func:`~torchrepro.records.files.process_path`).
         ranks: True: read only the rank files; False: only ``path`` itself; None: ``path``,
             else the rank files.
 

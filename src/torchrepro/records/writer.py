@@ -53,6 +53,7 @@ from torchrepro.records._capture import (
     rng_digests,
     tensors_in,
 )
+from torchrepro.records.files import claim_record, rank_path, this_process
 from torchrepro.records.format import (
     ALGORITHM,
     BATCH,
@@ -64,10 +65,7 @@ from torchrepro.records.format import (
     REPLICAS,
     RNG,
     STEP,
-    claim_record,
     header,
-    rank_path,
-    this_process,
 )
 
 __all__ = ["LogValue", "Recorder", "log", "record", "start_from_env"]
