@@ -34,7 +34,7 @@ def test_concurrent_processes_claiming_one_run_path_each_get_a_file_of_their_own
     tmp_path: Path,
 ) -> None:
     claim = (
-        "import os, sys; from torchrepro.records.format import claim_record\n"
+        "import os, sys; from torchrepro.records.files import claim_record\n"
         "path, file = claim_record(sys.argv[1], 1, 0)\n"
         "file.write(str(os.getpid())); file.close()"
     )

@@ -21,40 +21,29 @@ Exit status of the command (:class:`~torchrepro.errors.ExitCode`): 0 identical,
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchrepro import _contract
-from torchrepro import localize as loc
+from torchrepro.check import findings
 from torchrepro.check.plot import plot as draw_plot
+from torchrepro.check.processes import stop_on_signals
 from torchrepro.check.report import (
     DIVERGED,
     FAILED,
     IDENTICAL,
     CheckReport,
     Divergence,
-    TrainingProcess,
-    command_words,
 )
-from torchrepro.check.session import (
-    POLL_SECONDS,
-    Run,
-    RunTimeout,
-    Session,
-    argv_of,
-    stop_on_signals,
-    stop_process,
-)
+from torchrepro.check.session import Run, RunTimeout, Session
 from torchrepro.compare import diagnose, environment_differences
-from torchrepro.errors import CheckError, RecordError
+from torchrepro.errors import CheckError
 from torchrepro.launch import child_environment, resolve_root
 from torchrepro.records.format import BATCH, OPTIONS, RNG
 
@@ -187,14 +176,14 @@ def check_command(
                         "first differing module: not localized (the replay would run "
                         "uninterrupted; the difference comes with the resume)"
                     )
-                elif _sharing(session, d) > 1:
+                elif findings.sharing(session, d) > 1:
                     report.notes.append(
-                        f"first differing module: not localized ({_sharing(session, d)} "
+                        f"first differing module: not localized ({findings.sharing(session, d)} "
                         "training processes of a run have its command line; the replay "
                         "cannot tell which one to trace)"
                     )
                 else:
-                    report.localization = _trace(session, d)
+                    report.localization = findings.replay(session, d)
         except RunTimeout:
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
         finally:
@@ -203,14 +192,14 @@ def check_command(
             finally:
                 restore_signals()
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
-        report.processes = _processes(session)
+        report.processes = findings.training_processes(session)
         # A process's place by start is known for sure only now that every record is read.
         for found, pair in session.origins:
             if found is report.divergence:
                 report.divergence = replace(found, process=pair.process)
-        report.notes += session.notes + _replica_notes(session)
+        report.notes += session.notes + findings.replica_notes(session)
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
-        compared = _environments(session, report.divergence)
+        compared = findings.environments(session, report.divergence)
         if compared is not None:
             report.environment = list(environment_differences(*compared))
         if report.verdict != FAILED and not headers:
@@ -317,96 +306,6 @@ def _conclude(
             "the runs recorded no optimizer step: does the command call "
             "optimizer.step() in a Python that can import torchrepro?"
         )
-
-
-def _processes(session: Session) -> list[TrainingProcess]:
-    """Each training process of the reference run that was compared, with its steps.
-
-    The legs of a resumed run add up; of several runs compared with one reference, the
-    pair that got furthest counts.
-    """
-    steps: dict[int, dict[int, int]] = {}
-    named: dict[int, TrainingProcess] = {}
-    for pair in session.pairs:
-        per_run = steps.setdefault(id(pair.ours), {})
-        index = pair.other.outcome.index
-        per_run[index] = per_run.get(index, 0) + pair.compared
-        named.setdefault(id(pair.ours), TrainingProcess(pair.process, command_words(pair.argv), 0))
-    found = [replace(p, steps=max(steps[key].values())) for key, p in named.items()]
-    return sorted(found, key=lambda p: p.order)
-
-
-def _environments(
-    session: Session, divergence: Divergence | None
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The manifests to compare: of the diverging pair, else of the first pair compared."""
-    pairs = [pair for found, pair in session.origins if found is divergence] or session.pairs
-    if pairs:
-        a, b = pairs[0].ours.header or {}, pairs[0].theirs.header or {}
-        return a.get("env", {}), b.get("env", {})
-    headers = [run.tail.header for run in session.runs if run.tail.header and run.name != "replay"]
-    return (headers[0]["env"], headers[1]["env"]) if len(headers) >= 2 else None
-
-
-def _sharing(session: Session, divergence: Divergence) -> int:
-    """How many training processes of a diverging run have the diverging one's command line."""
-    counts = [
-        sum(argv_of(process) == divergence.argv for process in run.tail.processes)
-        for run in session.runs
-        if run.outcome.index in (divergence.a, divergence.b) and run.name == "run"
-    ]
-    return max(counts, default=0)
-
-
-def _trace(session: Session, divergence: Divergence) -> loc.Localization | None:
-    """Replays the two diverging runs up to the divergent entry with the op tracer on.
-
-    Only the diverging training process of the command traces (by its command line).
-    """
-    traces = []
-    runs = []
-    target = {_contract.TRACE_ARGV: json.dumps(list(divergence.argv))} if divergence.argv else {}
-    for index in (divergence.a, divergence.b):
-        path = session.workdir / f"trace{index}.jsonl"
-        traces.append(path)
-        runs.append(
-            session.start(
-                index,
-                {
-                    _contract.TRACE: str(path),
-                    _contract.TRACE_STEP: str(divergence.entry),
-                    **target,
-                },
-                name="replay",
-            )
-        )
-    started = time.monotonic()
-    while not all(path.exists() or run.finished() for path, run in zip(traces, runs)):
-        if session.timeout is not None and time.monotonic() - started > session.timeout:
-            break
-        time.sleep(POLL_SECONDS)
-    for run in runs:
-        stop_process(run.process)
-    try:
-        return loc.first_difference(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
-    except RecordError:
-        return None
-
-
-def _replica_notes(session: Session) -> list[str]:
-    """One line per run whose replica check found a rank drifting from rank 0."""
-    notes = []
-    for run in session.runs:
-        drift = run.tail.replica_drift()
-        if drift and run.name != "replay":
-            step, replicas = drift[0]
-            rank, name = replicas["drifting"][0]
-            more = len(replicas["drifting"]) - 1
-            notes.append(
-                f"replicas: in {run.name} {run.outcome.index} after step {step}, rank {rank}'s "
-                f"{name} differs from rank 0's" + (f" (+{more} more)" if more else "")
-            )
-    return notes
 
 
 @contextlib.contextmanager

@@ -17,11 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from torchrepro import _contract
+from torchrepro.check.processes import stderr_tail, stop_process
 from torchrepro.check.report import Divergence, RunOutcome, command_words
 from torchrepro.compare import compare_entries
 from torchrepro.errors import CheckError
@@ -36,7 +33,7 @@ from torchrepro.records.files import ARGV, process_files, process_path, rank_fil
 from torchrepro.records.format import LOG, OPTIMIZER, STEP
 from torchrepro.records.tail import RecordTail, RunTail
 
-__all__ = ["Pair", "Run", "RunTimeout", "Session", "stop_on_signals", "stop_process"]
+__all__ = ["Pair", "Run", "RunTimeout", "Session"]
 
 POLL_SECONDS = 0.02
 
@@ -60,20 +57,6 @@ class Run:
 
     def finished(self) -> bool:
         return self.process.poll() is not None
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Ends a run and everything it started (DataLoader workers, ranks): its process group."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def argv_of(process: RecordTail) -> tuple[str, ...]:
@@ -115,31 +98,6 @@ class Pair:
         """The place of ``ours`` among the reference run's training processes by start
         (1-based), as far as they are known now."""
         return self.base.tail.processes.index(self.ours) + 1
-
-
-def _tail_of(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def stop_on_signals() -> Callable[[], None]:
-    """Turns SIGTERM and SIGHUP into KeyboardInterrupt; returns what puts them back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # only the main thread may set handlers
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
 
 
 class Session:
@@ -218,7 +176,7 @@ class Session:
             file.close()
         for run in self.runs:
             run.outcome.returncode = None if run.outcome.stopped else run.process.returncode
-            run.outcome.stderr_tail = _tail_of(run.stderr_path)
+            run.outcome.stderr_tail = stderr_tail(run.stderr_path)
             run.tail.poll()
             run.outcome.steps = run.tail.steps
             run.outcome.processes = len(run.tail.processes)
