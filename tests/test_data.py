@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import pickle
 import random
 import subprocess
@@ -9,11 +10,13 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
 
 import torchrepro
 from conftest import PYTHON, child_env
 from torchrepro import seed_everything
+from torchrepro.data.loaders import LoaderPosition, apply_positions
 from torchrepro.errors import SeedError
 
 
@@ -224,3 +227,109 @@ def test_spawned_workers_are_seeded_as_forked_ones() -> None:
     forked = draws("fork")
     assert len(set(forked)) == 24
     assert draws("spawn") == forked
+
+
+# ---------------------------------------------------------------- what frameworks read
+
+
+def test_the_hooks_keep_pytorchs_signatures() -> None:
+    # Lightning re-creates a loader from these: with **kwargs, batch_size fell back to 1.
+    seed_everything(11)
+    loader = inspect.signature(DataLoader.__init__).parameters
+    sampler = inspect.signature(DistributedSampler.__init__).parameters
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    assert not [p for p in (*loader.values(), *sampler.values()) if p.kind in variadic]
+    assert list(loader)[:4] == ["self", "dataset", "batch_size", "shuffle"]
+    assert loader["batch_size"].default == 1 and "generator" in loader
+    assert list(sampler)[1:] == ["dataset", "num_replicas", "rank", "shuffle", "seed", "drop_last"]
+
+
+def test_a_shuffled_loaders_sampler_is_a_random_sampler_with_pytorchs_attributes() -> None:
+    seed_everything(11)
+    loader = DataLoader(Indices(), batch_size=4, shuffle=True)
+    sampler = loader.sampler
+    assert isinstance(sampler, RandomSampler) and not isinstance(sampler, SequentialSampler)
+    assert sampler.data_source is loader.dataset and sampler.generator is loader.generator
+    assert (sampler.replacement, sampler.num_samples, len(sampler)) == (False, 32, 32)
+    assert type(loader.batch_sampler) is BatchSampler and loader.batch_sampler.sampler is sampler
+    in_order = DataLoader(Indices(), batch_size=4).sampler
+    assert isinstance(in_order, SequentialSampler) and not isinstance(in_order, RandomSampler)
+
+
+def test_every_rank_draws_the_same_shuffle_order_from_its_own_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As ranks seeded alike do: accelerate shards one order's batches across the ranks.
+    def first_epoch(rank: int) -> tuple[list[int], torch.Tensor]:
+        monkeypatch.setenv("RANK", str(rank))
+        seed_everything(11)
+        loader = DataLoader(Indices(), batch_size=4, shuffle=True)
+        assert loader.generator is not None
+        return [int(i) for batch in loader for i in batch], loader.generator.get_state()
+
+    (order, state), (other_order, other_state) = first_epoch(0), first_epoch(1)
+    assert order == other_order and sorted(order) == list(range(32))
+    assert not torch.equal(state, other_state)
+
+
+def test_a_loader_re_created_around_a_torchrepro_sampler_gets_a_new_order_each_epoch() -> None:
+    # What accelerate's prepare does with one process: a new loader over the old batch sampler,
+    # generator and worker_init_fn.
+    def mine(worker_id: int) -> None:
+        pass
+
+    seed_everything(11)
+    loader = DataLoader(Indices(), batch_size=4, shuffle=True, worker_init_fn=mine)
+    again = DataLoader(
+        loader.dataset,
+        batch_sampler=loader.batch_sampler,
+        generator=loader.generator,
+        worker_init_fn=loader.worker_init_fn,
+    )
+    assert again.generator is not None and again.generator is not loader.generator
+    assert again.worker_init_fn.user_fn is mine  # type: ignore[union-attr]
+    epochs = [[int(i) for batch in again for i in batch] for _ in range(3)]
+    assert all(sorted(epoch) == list(range(32)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_a_users_distributed_sampler_stays_a_distributed_sampler_with_its_attributes() -> None:
+    seed_everything(11)
+    users = DistributedSampler(Indices(), num_replicas=2, rank=1, seed=4)
+    loader = DataLoader(Indices(), batch_size=4, sampler=users)
+    sampler = loader.sampler
+    assert isinstance(sampler, DistributedSampler)
+    assert (sampler.num_replicas, sampler.rank, sampler.seed, len(sampler)) == (2, 1, 4, 16)
+    users.set_epoch(3)
+    assert sampler.epoch == 3 and list(sampler) == list(users)
+    again = DataLoader(Indices(), batch_size=4, sampler=sampler)  # as Lightning re-creates it
+    assert again.sampler.sampler is users  # type: ignore[attr-defined]
+
+
+class OwnSignature(DataLoader[int]):
+    def __init__(self, data: Dataset[int], size: int) -> None:
+        self.size = size
+        super().__init__(data, size, shuffle=True)
+
+
+class Keywords(DataLoader[int]):
+    def __init__(self, dataset: Dataset[int], **options: object) -> None:
+        super().__init__(dataset=dataset, shuffle=True, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: OwnSignature(Indices(), 4), lambda: Keywords(Indices(), batch_size=4)],
+    ids=["own-signature", "keywords"],
+)
+def test_dataloader_subclasses_are_seeded_tracked_and_resumable(make: object) -> None:
+    seed_everything(11)
+    whole = [batch.tolist() for batch in make()]  # type: ignore[operator]
+    assert [len(batch) for batch in whole] == [4] * 8
+    assert sorted(i for batch in whole for i in batch) == list(range(32))
+    seed_everything(11)
+    loader = make()  # type: ignore[operator]
+    assert isinstance(loader.sampler, RandomSampler)
+    apply_positions([LoaderPosition(0, epoch=0, batch=5, samples=32, batch_size=4)])
+    assert [batch.tolist() for batch in loader] == whole[5:]
+    assert "size" in inspect.signature(OwnSignature.__init__).parameters

@@ -14,8 +14,10 @@ The seeding policy, in the order a training meets it:
    work, and a script needs no extra call. Without DDP (manual all-reduce, FSDP), call
    :func:`split_streams` where the model is complete. It splits once per
    ``seed_everything``; a later DDP wrap (a second model) does not reseed again.
-3. DataLoader shuffle generators and worker seeds are keyed by rank already
-   (:mod:`torchrepro.data`).
+3. DataLoader generators and worker seeds are keyed by rank already
+   (:mod:`torchrepro.data`); shuffle orders are not: every rank draws the same
+   permutation, as ranks seeded alike do, so a framework that shards one loader's
+   batches across ranks (accelerate) still gives each sample to one rank.
 4. A ``DistributedSampler`` created after ``seed_everything`` with its default ``seed=0``
    gets ``derive_seed(seed, "sampler", n) & (2**63 - 1)`` (``n`` counts the samplers
    created, the same on every rank: the ranks must agree on the permutation). Calling
@@ -36,6 +38,7 @@ parameter differs from rank 0's is reported by rank and parameter name (a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -256,14 +259,30 @@ def _sampler_init(self: DistributedSampler[Any], *args: Any, **kwargs: Any) -> N
         _config.samplers += 1
 
 
+def _keeping_signature(
+    original: Callable[..., None], hook: Callable[..., None]
+) -> Callable[..., None]:
+    # inspect.signature follows __wrapped__: frameworks that read a class's signature to
+    # re-create its objects (Lightning does, for samplers and loaders) still see torch's.
+    @functools.wraps(original)
+    def method(*args: Any, **kwargs: Any) -> None:
+        hook(*args, **kwargs)
+
+    return method
+
+
 def _install_hooks() -> None:
     global _original_ddp_init, _original_sampler_init
     if _original_ddp_init is None:
         _original_ddp_init = DistributedDataParallel.__init__
-        DistributedDataParallel.__init__ = _ddp_init  # type: ignore[method-assign]
+        DistributedDataParallel.__init__ = _keeping_signature(  # type: ignore[method-assign]
+            _original_ddp_init, _ddp_init
+        )
     if _original_sampler_init is None:
         _original_sampler_init = DistributedSampler.__init__
-        DistributedSampler.__init__ = _sampler_init  # type: ignore[method-assign]
+        DistributedSampler.__init__ = _keeping_signature(  # type: ignore[method-assign]
+            _original_sampler_init, _sampler_init
+        )
 
 
 # ---------------------------------------------------------------- replica check

@@ -16,7 +16,8 @@ Its modules, each importing only those listed before it:
 
 - :mod:`~torchrepro.data.workers`: seeding inside a worker (``seed_worker``); light, as a
   spawned worker imports it.
-- :mod:`~torchrepro.data.samplers`: resumable samplers and the ``SampleIndex`` they yield.
+- :mod:`~torchrepro.data.samplers`: resumable samplers (a ``RandomSampler``, a
+  ``SequentialSampler``, a ``DistributedSampler`` wrapper) and the ``SampleIndex`` they yield.
 - :mod:`~torchrepro.data.loaders`: the DataLoader hooks and the tracked loaders' positions.
 - :mod:`~torchrepro.data.per_sample`: ``sample_rng`` and ``seed_per_sample``.
 
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
     from torchrepro.data.per_sample import sample_seed as sample_seed
     from torchrepro.data.per_sample import seed_per_sample as seed_per_sample
     from torchrepro.data.samplers import ResumableDistributedSampler as ResumableDistributedSampler
+    from torchrepro.data.samplers import ResumableRandomSampler as ResumableRandomSampler
     from torchrepro.data.samplers import ResumableSampler as ResumableSampler
+    from torchrepro.data.samplers import ResumableSequentialSampler as ResumableSequentialSampler
     from torchrepro.data.samplers import SampleIndex as SampleIndex
     from torchrepro.data.workers import seed_worker as seed_worker
     from torchrepro.data.workers import worker_init_fn as worker_init_fn
@@ -58,7 +61,9 @@ if TYPE_CHECKING:
 _OWNERS = {
     "LoaderPosition": "loaders",
     "ResumableDistributedSampler": "samplers",
+    "ResumableRandomSampler": "samplers",
     "ResumableSampler": "samplers",
+    "ResumableSequentialSampler": "samplers",
     "SampleIndex": "samplers",
     "apply_positions": "loaders",
     "check_positions": "loaders",

@@ -6,20 +6,31 @@ where ``n`` counts the loaders created since, and a worker init function
 (:mod:`torchrepro.data.workers`) that runs before the user's own.
 
 A loader over a map-style dataset with no ``sampler``, ``batch_sampler`` or ``generator``
-of the user's also gets a :class:`~torchrepro.data.samplers.ResumableSampler`
-(``shuffle`` is honoured), and is *tracked*: the main process counts its position (epoch,
-batches yielded), :func:`loader_positions` reports it and :func:`apply_positions` makes
-its next ``iter()`` start there, by slicing the index list. Each tracked loader's
-generator is reseeded per epoch from ``derive_seed(seed, "loader", rank, n, e)``, so
-worker seeds depend on the epoch only (except with ``persistent_workers``, whose workers
-are seeded once, when they start). A loader over a ``DistributedSampler`` (and no
-generator or batch sampler of the user's) is tracked too: its epoch is the one the user
-gave ``set_epoch``, its order stays the sampler's. Loaders with another sampler of the
-user's and loaders over an ``IterableDataset`` are seeded but not tracked.
+of the user's also gets a resumable sampler where PyTorch would make its own (a
+:class:`~torchrepro.data.samplers.ResumableRandomSampler` for ``shuffle=True``, a
+``ResumableSequentialSampler`` otherwise), and is *tracked*: the main process counts its
+position (epoch, batches yielded), :func:`loader_positions` reports it and
+:func:`apply_positions` makes its next ``iter()`` start there, by slicing the index list.
+The order of epoch ``e`` derives from ``(seed, n, e)``, the same on every rank, as the
+order of ranks seeded alike is. Each tracked loader's generator is reseeded per epoch from
+``derive_seed(seed, "loader", rank, n, e)``, so worker seeds depend on the epoch only
+(except with ``persistent_workers``, whose workers are seeded once, when they start). A
+loader over a ``DistributedSampler`` (and no generator or batch sampler of the user's) is
+tracked too: its epoch is the one the user gave ``set_epoch``, its order stays the
+sampler's. Loaders with another sampler of the user's and loaders over an
+``IterableDataset`` are seeded but not tracked.
+
+Frameworks re-create loaders from ``inspect.signature(DataLoader.__init__)`` and the
+loader's attributes (Lightning, to insert a ``DistributedSampler``; accelerate, to shard
+batches): the hooks keep PyTorch's signature (``__wrapped__``), and what torchrepro put in
+a loader is recognised when it comes back as an argument: a generator torchrepro made is
+not the user's (the new loader gets its own), torchrepro's worker init function is not
+wrapped twice, and a wrapped ``DistributedSampler`` is unwrapped first.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,7 +44,11 @@ from torch.utils.data.distributed import DistributedSampler
 from torchrepro import distributed
 from torchrepro._derive import derive_seed, root_seed_from_env
 from torchrepro._sources import seed_generator
-from torchrepro.data.samplers import ResumableDistributedSampler, ResumableSampler
+from torchrepro.data.samplers import (
+    ResumableDistributedSampler,
+    ResumableSampler,
+    resumable_sampler,
+)
 from torchrepro.data.workers import _WorkerSeeder
 from torchrepro.errors import StateError
 
@@ -119,7 +134,6 @@ class _TrackedIterator:
 @dataclass
 class _LoaderConfig:
     root: int
-    rank: int
     created: int = 0
     tracked: dict[int, weakref.ref[DataLoader[Any]]] = field(default_factory=dict)
     pending: dict[int, LoaderPosition] = field(default_factory=dict)
@@ -145,8 +159,10 @@ class LoaderPosition:
 
 
 _config: _LoaderConfig | None = None
-_original_init: Callable[..., None] | None = None
-_original_iter: Callable[[DataLoader[Any]], Iterator[Any]] | None = None
+_installed = False
+# Every generator the hook made: one that comes back as an argument (a framework
+# re-creating a loader from its attributes) is not the user's.
+_made: weakref.WeakSet[torch.Generator] = weakref.WeakSet()
 
 
 def _trackable(arguments: dict[str, Any]) -> bool:
@@ -159,42 +175,53 @@ def _trackable(arguments: dict[str, Any]) -> bool:
     )
 
 
-def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
-    assert _original_init is not None
+def _seeded_init(
+    original: Callable[..., None], self: DataLoader[Any], *args: Any, **kwargs: Any
+) -> None:
     config = _config
     if config is None:
-        _original_init(self, *args, **kwargs)
+        original(self, *args, **kwargs)
         return
-    bound = inspect.signature(_original_init).bind(self, *args, **kwargs)
+    bound = inspect.signature(original).bind(self, *args, **kwargs)
     arguments = bound.arguments
-    index = config.created
-    track = None
+    # A loader re-created from another's attributes brings back what this hook put in.
+    if arguments.get("generator") in _made:
+        del arguments["generator"]
+    user_init = arguments.get("worker_init_fn")
+    if isinstance(user_init, _WorkerSeeder):
+        user_init = user_init.user_fn
     user_sampler = arguments.get("sampler")
-    batch_size = arguments.get("batch_size", 1)
+    if isinstance(user_sampler, ResumableDistributedSampler):
+        user_sampler = arguments["sampler"] = user_sampler.sampler
+    # Read now, not at seed_everything: a framework's ranks may learn theirs in between.
+    rank, index = distributed.rank(), config.created
+    generator = arguments.get("generator")
+    if generator is None:
+        generator = seed_generator(
+            torch.Generator(), derive_seed(config.root, "loader", rank, index)
+        )
+        _made.add(generator)
+    batch_size = arguments.get("batch_size", 1) or 1
+    sampler: ResumableSampler | ResumableDistributedSampler | None = None
     if isinstance(user_sampler, DistributedSampler) and _trackable(arguments):
-        arguments["sampler"] = ResumableDistributedSampler(user_sampler, batch_size=batch_size or 1)
+        sampler = ResumableDistributedSampler(user_sampler, batch_size=batch_size)
     elif user_sampler is None and _trackable(arguments):
-        sampler = ResumableSampler(
+        sampler = resumable_sampler(
             arguments["dataset"],
             shuffle=bool(arguments.pop("shuffle", False)),
             seed=config.root,
-            key=(config.rank, index),
-            batch_size=batch_size or 1,
+            key=(index,),
+            batch_size=batch_size,
+            generator=generator,
         )
+    if sampler is not None:
         arguments["sampler"] = sampler
-    if arguments.get("generator") is None:
-        generator = seed_generator(
-            torch.Generator(), derive_seed(config.root, "loader", config.rank, index)
-        )
-        arguments["generator"] = generator
-        if isinstance(arguments.get("sampler"), ResumableSampler | ResumableDistributedSampler):
-            track = _Track(index, config.root, config.rank, arguments["sampler"], generator)
-    arguments["worker_init_fn"] = _WorkerSeeder(
-        config.root, config.rank, arguments.get("worker_init_fn")
-    )
+    arguments["generator"] = generator
+    arguments["worker_init_fn"] = _WorkerSeeder(config.root, rank, user_init)
     config.created += 1
-    _original_init(*bound.args, **bound.kwargs)
-    if track is not None:
+    original(*bound.args, **bound.kwargs)
+    if sampler is not None:
+        track = _Track(index, config.root, rank, sampler, generator)
         self._torchrepro_track = track
         config.tracked[index] = weakref.ref(self)
         pending = config.pending.pop(index, None)
@@ -202,37 +229,60 @@ def _seeded_init(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
             _move(self, track, pending)
 
 
-def _tracked_iter(self: DataLoader[Any]) -> Iterator[Any]:
-    assert _original_iter is not None
+def _tracked_iter(
+    original: Callable[[DataLoader[Any]], Iterator[Any]], self: DataLoader[Any]
+) -> Iterator[Any]:
     track: _Track | None = self.__dict__.get("_torchrepro_track")
     if track is None:
-        return _original_iter(self)
+        return original(self)
     # The sampler's position and the generator's seed must be set before the inner
     # iterator exists: it draws the workers' base seed and starts the sampler at once.
     position = track.begin()
-    return _TrackedIterator(_original_iter(self), position)
+    return _TrackedIterator(original(self), position)
+
+
+def _install() -> None:
+    """Replaces DataLoader's ``__init__`` and ``__iter__`` by wrappers with their signatures."""
+    original_init, original_iter = DataLoader.__init__, DataLoader.__iter__
+
+    @functools.wraps(original_init)
+    def __init__(self: DataLoader[Any], *args: Any, **kwargs: Any) -> None:
+        _seeded_init(original_init, self, *args, **kwargs)
+
+    @functools.wraps(original_iter)
+    def __iter__(self: DataLoader[Any]) -> Iterator[Any]:
+        return _tracked_iter(original_iter, self)
+
+    DataLoader.__init__ = __init__  # type: ignore[method-assign]
+    DataLoader.__iter__ = __iter__  # type: ignore[method-assign, assignment]
 
 
 def configure_loaders(root: int | None) -> None:
     """Seeds every DataLoader created from now on from ``root``; ``None`` stops it.
 
-    Called by ``seed_everything``; installs the DataLoader hooks on first use.
+    Called by ``seed_everything``; installs the DataLoader hooks on first use. The hooks
+    keep PyTorch's signature, for the frameworks that re-create loaders from it.
+
+    Example:
+        >>> import inspect
+        >>> from torch.utils.data import DataLoader
+        >>> configure_loaders(11)
+        >>> str(inspect.signature(DataLoader.__init__)).startswith("(self, dataset")
+        True
     """
-    global _config, _original_init, _original_iter
-    _config = None if root is None else _LoaderConfig(root, distributed.rank())
-    if root is not None and _original_init is None:
-        _original_init = DataLoader.__init__
-        _original_iter = DataLoader.__iter__
-        DataLoader.__init__ = _seeded_init  # type: ignore[method-assign]
-        DataLoader.__iter__ = _tracked_iter  # type: ignore[assignment, method-assign]
+    global _config, _installed
+    _config = None if root is None else _LoaderConfig(root)
+    if root is not None and not _installed:
+        _install()
+        _installed = True
 
 
 def loader_config() -> _LoaderConfig | None:
-    """The current loader seeding (for isolation): root, rank, loaders created and tracked."""
+    """The current loader seeding (for isolation): root, loaders created and tracked."""
     if _config is None:
         return None
     return _LoaderConfig(
-        _config.root, _config.rank, _config.created, dict(_config.tracked), dict(_config.pending)
+        _config.root, _config.created, dict(_config.tracked), dict(_config.pending)
     )
 
 

@@ -1,0 +1,38 @@
+"""An accelerate training loop as its docs write it; no torchrepro calls.
+
+One process, or one per rank under torchrun (accelerate's multi-CPU mode, gloo). SEEN and
+PLANT_NOISE_STEP: see seen.py. No loader workers: with 2 workers per rank, one worker of
+rank 1 hung once in about ten launches, in CPython's after-fork clean-up of thread states,
+right after accelerate's gloo broadcast of the generator state (Lightning's scripts use
+workers).
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from seen import Indexed, Seen, plant_noise, sampler_kind
+from torch.utils.data import DataLoader
+
+
+def main() -> None:
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(32, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(Indexed(96), batch_size=8, shuffle=True)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    seen, step = Seen(), 0
+    for epoch in range(2):
+        for index, x, y in loader:
+            plant_noise(model, step)
+            seen.add(epoch, index, x.shape)
+            loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+    seen.write(accelerator.process_index, accelerator.num_processes, sampler=sampler_kind(loader))
+
+
+if __name__ == "__main__":
+    main()
