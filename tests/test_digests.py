@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchrepro.digests import LANES, XXH3, Digest, _digest_tensors, fingerprint
+from torchrepro.digests import ALGORITHMS, LANES, XXH3, Digest, _digest_tensors, fingerprint
 from torchrepro.errors import FingerprintError, TorchReproError
 
 CASES: dict[str, Callable[[], torch.Tensor]] = {
@@ -214,6 +214,16 @@ def test_unsupported_inputs_raise_with_a_fix() -> None:
         fingerprint(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # also a TypeError, as callers expect
         fingerprint({"a": object()})
+
+
+def test_a_tensor_whose_storage_was_freed_is_refused_not_read() -> None:
+    # FSDP frees unsharded parameters this way: the shape stays, the memory goes.
+    base = torch.randn(1000)
+    view = base.view(10, 100)
+    base.untyped_storage().resize_(0)
+    for algorithm in ALGORITHMS:
+        with pytest.raises(FingerprintError, match="storage was freed"):
+            fingerprint(view, algorithm=algorithm)
 
 
 def test_empty_mappings_stay_visible_in_a_digest() -> None:

@@ -19,6 +19,11 @@ Two algorithms, each named in every result:
 
 Digests of different algorithms never match; compare records made with the same one.
 
+A ``DTensor`` (FSDP2, tensor parallelism) is split over ranks, so no rank holds its bytes:
+:func:`fingerprint` refuses it and says how to digest it. The recorder, the op tracer and
+the replica check digest each rank's local shard (``to_local()``) instead, which needs no
+collective call.
+
 This module imports nothing of torchrepro but its errors and the lane digest (``_lanes``),
 so every layer can use it.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
@@ -62,6 +68,9 @@ def _threads() -> ThreadPoolExecutor:
 
 
 _XXH3_PREFIX = b"torchrepro-xxh3_128\0"
+# Tensors whose memory may be read in place. A subclass (DTensor, a wrapper subclass, a
+# functional or fake tensor) may have no storage of its own: it takes the copying path.
+_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 Fingerprintable = Union[torch.Tensor, torch.nn.Module, torch.optim.Optimizer, Mapping[Any, Any]]
@@ -127,6 +136,13 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
             "Digest x.int_repr() and its scale/zero point, or materialise it first."
         )
     t = t.detach()
+    if not _storage_holds(t):
+        raise FingerprintError(
+            f"cannot digest a tensor of shape {tuple(t.shape)} whose storage holds "
+            f"{t.untyped_storage().nbytes()} bytes, fewer than its shape needs; expected a "
+            "tensor with its data in memory. Its storage was freed (FSDP frees unsharded "
+            "parameters after use): digest the tensor while it holds data, or its shard."
+        )
     # Lazy conjugate and negative views hold bits that differ from their values.
     if t.is_conj():
         t = t.resolve_conj()
@@ -136,6 +152,14 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
         t = torch.view_as_real(t)
     # contiguous() gives row-major order whatever the strides, so layout never matters.
     return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _storage_holds(t: torch.Tensor) -> bool:
+    """Whether a strided tensor's storage holds every byte its shape and strides reach."""
+    if t.numel() == 0:
+        return True
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return bool(t.untyped_storage().nbytes() >= (last + 1) * t.element_size())
 
 
 def _header(t: torch.Tensor) -> bytes:
@@ -148,22 +172,41 @@ def _header_of(dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:
     return f"{str(dtype).removeprefix('torch.')}\0{dims}\0".encode()
 
 
-def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
-    buf: Any
+@functools.lru_cache(maxsize=4096)
+def _xxh3_start(dtype: torch.dtype, shape: tuple[int, ...]) -> xxhash.xxh3_128:
+    """An xxh3 state that has read the prefix and header: copied, never updated itself."""
+    return xxhash.xxh3_128(_XXH3_PREFIX + _header_of(dtype, shape))
+
+
+def _window(t: torch.Tensor) -> Any:
+    """A zero-copy window onto a plain contiguous CPU tensor's bytes; None: copy them instead.
+
+    The recorder's path for parameters, a few microseconds each (t stays referenced while
+    it is read). Complex data is already stored as (real, imag) pairs, as view_as_real
+    would give. A storage too small for the shape (freed) is left to :func:`_as_bytes`,
+    which refuses it: reading it in place would read memory the tensor does not own.
+    """
     if (
-        t.is_cpu
+        type(t) in _PLAIN_TYPES
+        and t.is_cpu
         and t.layout == torch.strided
         and t.is_contiguous()
         and not (t.is_conj() or t.is_neg() or t.is_quantized)
     ):
-        # The recorder's path for parameters, a few microseconds each: a zero-copy window
-        # onto the tensor's memory (t stays referenced while it is read). Complex data is
-        # already stored as (real, imag) pairs, as view_as_real would give.
         n = t.nbytes
-        buf = (ctypes.c_char * n).from_address(t.data_ptr()) if n else b""
-    else:
+        if not n:
+            return b""
+        if t.untyped_storage().nbytes() >= t.storage_offset() * t.element_size() + n:
+            return (ctypes.c_char * n).from_address(t.data_ptr())
+    return None
+
+
+def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
+    buf = _window(t)
+    if buf is None:
         buf = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
-    h = xxhash.xxh3_128(_XXH3_PREFIX + _header_of(t.dtype, tuple(t.shape)))
+    # A torch.Size hashes and compares as the tuple it is: no conversion per call.
+    h = _xxh3_start(t.dtype, t.shape).copy()
     if chunk_bytes is None:
         h.update(buf)
     else:
@@ -185,6 +228,13 @@ class _PendingDigests:
         self._done: list[str] = [""] * count
         self._device_parts: list[tuple[list[int], list[bytes], torch.Tensor]] = []
         self._copies: list[tuple[torch.Tensor, Any]] = []
+
+    @classmethod
+    def of(cls, algorithm: str, hexdigests: list[str]) -> _PendingDigests:
+        """Digests already finished on the host."""
+        done = cls(algorithm, 0)
+        done._done = hexdigests
+        return done
 
     @property
     def on_host(self) -> bool:
@@ -220,22 +270,53 @@ class _PendingDigests:
         return self._done
 
 
+def _dtensor_type() -> type | None:
+    """DTensor's class once torch.distributed.tensor is imported (none can exist before)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    found: type | None = getattr(module, "DTensor", None)
+    return found
+
+
+def _plain_tensors(tensors: Sequence[Any], shards: bool) -> Sequence[torch.Tensor]:
+    """The tensors to digest: checked, with each DTensor as its local shard if ``shards``."""
+    out: list[torch.Tensor] | None = None
+    for i, t in enumerate(tensors):
+        if type(t) in _PLAIN_TYPES:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise FingerprintError(
+                f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
+            )
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(t, dtensor):
+            if not shards:
+                raise FingerprintError(
+                    f"cannot digest a DTensor of shape {tuple(t.shape)}: it is split over "
+                    "ranks, and this rank holds only its shard; expected a plain tensor. "
+                    "Digest t.to_local() (this rank's shard) or t.full_tensor() (the whole "
+                    "tensor; every rank must call it)."
+                )
+            if out is None:
+                out = list(tensors)
+            out[i] = t.to_local()  # type: ignore[attr-defined]
+    return tensors if out is None else out
+
+
 def _digest_tensors(
     tensors: Sequence[torch.Tensor],
     algorithm: str | None = None,
     *,
     chunk_bytes: int = _CHUNK_BYTES,
+    shards: bool = False,
 ) -> _PendingDigests:
     """Digest many tensors at once; the recorder's entry point.
 
     On the lane path the work is fused per device and the result stays there until
-    ``resolve()``; on the xxh3 path it is computed on the host right away.
+    ``resolve()``; on the xxh3 path it is computed on the host right away. ``shards``
+    digests each DTensor as this rank's local shard (the recorder's choice); without it a
+    DTensor is refused.
     """
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise FingerprintError(
-                f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
-            )
+    tensors = _plain_tensors(tensors, shards)
     if algorithm is None and all(t.is_cpu for t in tensors):
         name = XXH3  # the common case, decided without building device objects
     else:
@@ -246,8 +327,7 @@ def _digest_tensors(
         if len(tensors) > 1 and sum(t.nbytes for t in tensors) >= _THREADED_BYTES:
             pending._done[:] = _threads().map(lambda t: _xxh3_digest(t, chunk), tensors)
         else:
-            for i, t in enumerate(tensors):
-                pending._done[i] = _xxh3_digest(t, chunk)
+            pending._done[:] = [_xxh3_digest(t, chunk) for t in tensors]
         return pending
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
