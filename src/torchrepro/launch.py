@@ -93,23 +93,27 @@ def bootstrap() -> None:
     """Applies what ``torchrepro run`` or ``check`` asked for; called at interpreter start-up.
 
     Seeding (unless ``TORCHREPRO_NO_SEED=1``), then the step tracer (``TORCHREPRO_TRACE``)
-    and the recorder (``TORCHREPRO_RECORD``), in that order so that the tracer stops at the
-    end of its step before the recorder digests the parameters. Each is imported only when
-    asked for: a spawned DataLoader worker imports what seeding needs and nothing more.
+    and the recorder (``TORCHREPRO_RECORD``); the tracer follows the recorder's steps and
+    stops at the end of its step before the recorder digests the parameters. Each is
+    imported only when asked for: a spawned DataLoader worker imports what seeding needs
+    and nothing more.
     """
     if os.environ.get(_contract.NO_SEED) != "1":
         from torchrepro.seeding import seed_everything
 
         mode = _flags.mode_from_text(os.environ.get(_contract.DETERMINISTIC, ""))
         seed_everything(None, deterministic=mode)
+    tracer = None
     if os.environ.get(_contract.TRACE):
         from torchrepro._tracer import start_trace_from_env
 
-        start_trace_from_env()
+        tracer = start_trace_from_env()
     if os.environ.get(_contract.RECORD):
         from torchrepro.records.writer import start_from_env
 
-        start_from_env()
+        recorder = start_from_env()
+        if tracer is not None and recorder is not None:
+            tracer.follow(recorder)  # the traced step is the record's entry, of any kind
 
 
 def exec_command(
