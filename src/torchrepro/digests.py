@@ -34,6 +34,7 @@ import ctypes
 import functools
 import hashlib
 import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
@@ -181,14 +182,13 @@ def _xxh3_start(dtype: torch.dtype, shape: tuple[int, ...]) -> xxhash.xxh3_128:
 def _window(t: torch.Tensor) -> Any:
     """A zero-copy window onto a plain contiguous CPU tensor's bytes; None: copy them instead.
 
-    The recorder's path for parameters, a few microseconds each (t stays referenced while
-    it is read). Complex data is already stored as (real, imag) pairs, as view_as_real
-    would give. A storage too small for the shape (freed) is left to :func:`_as_bytes`,
-    which refuses it: reading it in place would read memory the tensor does not own.
+    The tensor stays referenced while the window is read. Complex data is already stored as
+    (real, imag) pairs, as view_as_real would give. A storage too small for the shape
+    (freed) gets no window: :func:`_as_bytes` refuses it, where reading it in place would
+    read memory the tensor does not own.
     """
     if (
         type(t) in _PLAIN_TYPES
-        and t.is_cpu
         and t.layout == torch.strided
         and t.is_contiguous()
         and not (t.is_conj() or t.is_neg() or t.is_quantized)
@@ -201,18 +201,74 @@ def _window(t: torch.Tensor) -> Any:
     return None
 
 
-def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
-    buf = _window(t)
-    if buf is None:
-        buf = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
-    # A torch.Size hashes and compares as the tuple it is: no conversion per call.
-    h = _xxh3_start(t.dtype, t.shape).copy()
+# Parameters are digested step after step. Finding that one can be read in place takes a
+# dozen calls; its window stays valid while its data pointer, shape, strides and dtype stay
+# (freeing, moving or re-assigning its data changes the pointer), so it is kept, by id,
+# until the parameter dies: id -> (probe, (xxh3 start, window, bytes), weak reference).
+_kept_windows: dict[int, tuple[Any, tuple[Any, Any, int], Any]] = {}
+
+
+def _keep_window(t: torch.Tensor, probe: Any, reader: tuple[Any, Any, int]) -> None:
+    key = id(t)
+    ref = weakref.ref(t, lambda _: _kept_windows.pop(key, None))
+    _kept_windows[key] = (probe, reader, ref)
+
+
+def _host_readers(tensors: Sequence[Any], shards: bool) -> list[tuple[Any, Any, int]] | None:
+    """(xxh3 start, bytes, size) of each tensor for the xxh3 path; None if one is on a device.
+
+    The recorder's path for parameters, microseconds each: a kept window when there is
+    one, else :func:`_window`, else a contiguous copy (:func:`_as_bytes`).
+    """
+    readers = []
+    for t in tensors:
+        probe = None
+        if type(t) is torch.nn.Parameter:
+            probe = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+            kept = _kept_windows.get(id(t))
+            if kept is not None and kept[0] == probe:
+                readers.append(kept[1])  # the same memory read in place before: on the CPU
+                continue
+        elif type(t) not in _PLAIN_TYPES:
+            t = _plain_tensor(t, shards)
+        if not t.is_cpu:
+            return None
+        # A torch.Size hashes and compares as the tuple it is: no conversion per call.
+        start = _xxh3_start(t.dtype, t.shape)
+        window = _window(t)
+        if window is None:
+            data = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
+            readers.append((start, data, data.nbytes))
+        else:
+            reader = (start, window, len(window))
+            if probe is not None:
+                _keep_window(t, probe, reader)
+            readers.append(reader)
+    return readers
+
+
+def _xxh3_hexdigests(readers: list[tuple[Any, Any, int]], chunk_bytes: int | None) -> list[str]:
+    """The digests of :func:`_host_readers`' readers; on a few threads for many bytes."""
+    if len(readers) > 1 and sum(size for _, _, size in readers) >= _THREADED_BYTES:
+        return list(_threads().map(lambda r: _xxh3_hexdigest(r[0], r[1], chunk_bytes), readers))
+    if chunk_bytes is not None:
+        return [_xxh3_hexdigest(start, data, chunk_bytes) for start, data, _ in readers]
+    out = []
+    for start, data, _ in readers:  # the common case, without a call per tensor
+        h = start.copy()
+        h.update(data)
+        out.append(h.hexdigest())
+    return out
+
+
+def _xxh3_hexdigest(start: xxhash.xxh3_128, data: Any, chunk_bytes: int | None) -> str:
+    h = start.copy()
     if chunk_bytes is None:
-        h.update(buf)
+        h.update(data)
     else:
-        view = memoryview(buf).cast("B")
-        for start in range(0, len(view), chunk_bytes):
-            h.update(view[start : start + chunk_bytes])
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), chunk_bytes):
+            h.update(view[offset : offset + chunk_bytes])
     return h.hexdigest()
 
 
@@ -260,6 +316,8 @@ class _PendingDigests:
 
     def hexdigests(self) -> list[str]:
         """The digests as plain hex strings (what records store)."""
+        if not self._device_parts:
+            return self._done
         self.start_transfer()
         for (indices, headers, _), (host, event) in zip(self._device_parts, self._copies):
             if event is not None:
@@ -277,29 +335,24 @@ def _dtensor_type() -> type | None:
     return found
 
 
-def _plain_tensors(tensors: Sequence[Any], shards: bool) -> Sequence[torch.Tensor]:
-    """The tensors to digest: checked, with each DTensor as its local shard if ``shards``."""
-    out: list[torch.Tensor] | None = None
-    for i, t in enumerate(tensors):
-        if type(t) in _PLAIN_TYPES:
-            continue
-        if not isinstance(t, torch.Tensor):
+def _plain_tensor(t: Any, shards: bool) -> torch.Tensor:
+    """A tensor subclass or other value to digest: a DTensor as its local shard if ``shards``."""
+    if not isinstance(t, torch.Tensor):
+        raise FingerprintError(
+            f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
+        )
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(t, dtensor):
+        if not shards:
             raise FingerprintError(
-                f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
+                f"cannot digest a DTensor of shape {tuple(t.shape)}: it is split over "
+                "ranks, and this rank holds only its shard; expected a plain tensor. "
+                "Digest t.to_local() (this rank's shard) or t.full_tensor() (the whole "
+                "tensor; every rank must call it)."
             )
-        dtensor = _dtensor_type()
-        if dtensor is not None and isinstance(t, dtensor):
-            if not shards:
-                raise FingerprintError(
-                    f"cannot digest a DTensor of shape {tuple(t.shape)}: it is split over "
-                    "ranks, and this rank holds only its shard; expected a plain tensor. "
-                    "Digest t.to_local() (this rank's shard) or t.full_tensor() (the whole "
-                    "tensor; every rank must call it)."
-                )
-            if out is None:
-                out = list(tensors)
-            out[i] = t.to_local()  # type: ignore[attr-defined]
-    return tensors if out is None else out
+        local: torch.Tensor = t.to_local()  # type: ignore[attr-defined]
+        return local
+    return t
 
 
 def _digest_tensors(
@@ -311,24 +364,20 @@ def _digest_tensors(
 ) -> _PendingDigests:
     """Digest many tensors at once; the recorder's entry point.
 
-    On the lane path the work is fused per device and the result stays there until
-    ``resolve()``; on the xxh3 path it is computed on the host right away. ``shards``
-    digests each DTensor as this rank's local shard (the recorder's choice); without it a
-    DTensor is refused.
+    On the xxh3 path (every tensor on the CPU) the digests are computed on the host right
+    away; on the lane path the work is fused per device and the result stays there until
+    ``resolve()``. ``shards`` digests each DTensor as this rank's local shard (the
+    recorder's choice); without it a DTensor is refused.
     """
-    tensors = _plain_tensors(tensors, shards)
-    if algorithm is None and all(t.is_cpu for t in tensors):
-        name = XXH3  # the common case, decided without building device objects
-    else:
-        name = resolve_algorithm(algorithm, (t.device for t in tensors))
+    chunk = None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes
+    if algorithm is None or _ALIASES.get(algorithm) == XXH3:
+        readers = _host_readers(tensors, shards)
+        if readers is not None:
+            return _PendingDigests.of(XXH3, _xxh3_hexdigests(readers, chunk))
+    tensors = [t if type(t) in _PLAIN_TYPES else _plain_tensor(t, shards) for t in tensors]
+    # Tensors on a device: lanes, or the error that says xxh3 runs on the host only.
+    name = resolve_algorithm(algorithm, (t.device for t in tensors))
     pending = _PendingDigests(name, len(tensors))
-    if name == XXH3:
-        chunk = None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes
-        if len(tensors) > 1 and sum(t.nbytes for t in tensors) >= _THREADED_BYTES:
-            pending._done[:] = _threads().map(lambda t: _xxh3_digest(t, chunk), tensors)
-        else:
-            pending._done[:] = [_xxh3_digest(t, chunk) for t in tensors]
-        return pending
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)

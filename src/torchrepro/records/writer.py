@@ -87,8 +87,10 @@ from torchrepro.records.format import (
     ALGORITHM,
     BATCH,
     GRADS,
+    LOG,
     OPTIMIZER,
     OPTIONS,
+    PARAMS,
     REPLICAS,
     RNG,
     STEP,
@@ -131,12 +133,14 @@ class _Plan:
 
 @dataclass
 class _PendingEntry:
-    head: dict[str, Any]  # step, optimizer, algorithm; rng and replicas when taken
+    step: int
+    optimizer: int | None
     digests: _PendingDigests  # the parameters, then the gradients
     keys: list[str]  # the JSON key of each digest
     params: int  # how many of the digests are parameters
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests] = field(default_factory=list)
+    batch: list[_PendingDigests]
+    taken: dict[str, Any]  # rng and replicas, when taken
 
 
 @dataclass
@@ -313,7 +317,8 @@ class Recorder:
             self._optimizers_seen += 1
         if len(plan.names) != len(params):  # its first step, or a group was added
             plan.rename(parameter_names(optimizer, self._roots))
-        self._notify()
+        if self._listeners:
+            self._notify()
         replicas = distributed.replica_verdict(optimizer)
         self._submit(self._entry(plan, params, plan.steps, replicas))
         plan.steps += 1
@@ -339,12 +344,14 @@ class Recorder:
             tensors = [*params, *(g for _, g in grads)]
             keys = [*keys, *(k for k, _ in grads)]
         digests = _digest_tensors(tensors, self.algorithm, shards=True)
-        head: dict[str, Any] = {STEP: step, OPTIMIZER: plan.index, ALGORITHM: digests.algorithm}
+        taken: dict[str, Any] = {}
         if self.rng:
-            head[RNG] = rng_digests()
+            taken[RNG] = rng_digests()
         if replicas is not None:
-            head[REPLICAS] = replicas
-        pending = _PendingEntry(head, digests, keys, len(params), self._logs, self._batches)
+            taken[REPLICAS] = replicas
+        pending = _PendingEntry(
+            step, plan.index, digests, keys, len(params), self._logs, self._batches, taken
+        )
         self._logs, self._batches = {}, []
         return pending
 
@@ -358,13 +365,14 @@ class Recorder:
             self._give_back(waiting)
             return
         self._notify()
-        head: dict[str, Any] = {STEP: self._steps, OPTIMIZER: None, ALGORITHM: waiting.algorithm}
-        if waiting.rng is not None:
-            head[RNG] = waiting.rng
         digests = _PendingDigests.of(waiting.algorithm, [*after, *(d for _, d in waiting.grads)])
         keys = [*plan.keys, *(k for k, _ in waiting.grads)]
+        taken = {RNG: waiting.rng} if waiting.rng is not None else {}
+        entry = _PendingEntry(
+            self._steps, None, digests, keys, len(after), waiting.logs, waiting.batch, taken
+        )
         self._steps += 1
-        self._submit(_PendingEntry(head, digests, keys, len(after), waiting.logs, waiting.batch))
+        self._submit(entry)
 
     def _give_back(self, waiting: _Backward | None = None) -> None:
         """A backward pass that was no step of its own: its batch and logs go to the next."""
@@ -425,15 +433,23 @@ class Recorder:
 
     def _finish(self, pending: _PendingEntry) -> None:
         digests, keys, n = pending.digests.hexdigests(), pending.keys, pending.params
-        # The head's closing brace gives way to the sections; names were escaped once.
-        parts = [_encode(pending.head)[:-1], ',"params":{', _pairs(keys[:n], digests[:n]), "}"]
+        # Written directly, not through json per step: step and optimizer are ints, the
+        # algorithm is one of digests.ALGORITHMS, the names were escaped once per plan.
+        optimizer = "null" if pending.optimizer is None else pending.optimizer
+        parts = [
+            f'{{"{STEP}":{pending.step},"{OPTIMIZER}":{optimizer},'
+            f'"{ALGORITHM}":"{pending.digests.algorithm}"'
+        ]
+        for key, value in pending.taken.items():
+            parts += [f',"{key}":', _encode(value)]
+        parts += [f',"{PARAMS}":{{', _pairs(keys[:n], digests[:n]), "}"]
         if self.grads:
-            parts += [',"grads":{', _pairs(keys[n:], digests[n:]), "}"]
+            parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
         if self.batch:
-            parts += [',"batch":', _encode([b.hexdigests() for b in pending.batch])]
+            parts += [f',"{BATCH}":', _encode([b.hexdigests() for b in pending.batch])]
         if pending.logs:
             logged = {k: log_value(v, self.algorithm) for k, v in pending.logs.items()}
-            parts += [',"log":', _encode(logged)]
+            parts += [f',"{LOG}":', _encode(logged)]
         parts.append("}\n")
         self._write_line("".join(parts))
         self.entries += 1
@@ -462,11 +478,13 @@ class Recorder:
         self._write_line(_encode(obj) + "\n")
 
     def _write_line(self, line: str) -> None:
-        # One write and a flush per line, in the training thread: a crash right after a
-        # step keeps that step, and leaves at most one partial line, which read_record drops.
+        # One write per line, straight to the file (nothing is buffered, nothing to flush),
+        # in the training thread: a crash right after a step keeps that step, and leaves at
+        # most one partial line, which read_record drops.
         assert self._file is not None
-        self._file.write(line)
-        self._file.flush()
+        data, fd = line.encode(), self._file.fileno()
+        while data:
+            data = data[os.write(fd, data) :]
 
     # -- public ------------------------------------------------------------------------
 
