@@ -51,13 +51,19 @@ def crashed(report: CheckReport) -> list[str]:
 # -- torch.compile -------------------------------------------------------------------
 
 
-def test_a_compiled_model_trains_plain_and_under_run() -> None:
+def test_a_compiled_model_trains_plain_under_run_and_recorded_with_one_graph(
+    tmp_path: Path,
+) -> None:
     for command in (COMPILED, [PYTHON, "-m", "torchrepro", "run", "--", *COMPILED]):
         proc = subprocess.run(
             command, env=child_env(**AOT_EAGER), capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "trained 6" in proc.stdout
+        assert "trained 6 graphs 1" in proc.stdout
+    # Recorded without batches: the hooks stay, so dynamo's guards on them keep holding.
+    proc = run_recorded(tmp_path / "run.jsonl", "loops/compiled.py", **AOT_EAGER)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 6 graphs 1" in proc.stdout
 
 
 def test_a_compiled_model_is_recorded_by_its_plain_names_with_its_batches(

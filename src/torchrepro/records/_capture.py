@@ -25,6 +25,7 @@ __all__ = [
     "parameter_names",
     "rng_digests",
     "tensors_in",
+    "unwrapped",
 ]
 
 LogValue = Union[int, float, bool, str, torch.Tensor]
@@ -81,8 +82,14 @@ def rng_digests() -> dict[str, str]:
     }
 
 
-def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
-    """The user's model inside a ``torch.compile`` wrapper (the module itself otherwise)."""
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's model inside a ``torch.compile`` wrapper (the module itself otherwise).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> unwrapped(model) is model
+        True
+    """
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # no compiled module before
     wrapper = getattr(eval_frame, "OptimizedModule", None)
     while wrapper is not None and isinstance(module, wrapper):
@@ -99,7 +106,7 @@ def _named(
     in, the one with the most parameters first; only parameters whose id is in ``wanted``
     take a name, when given.
     """
-    modules = list(dict.fromkeys(_unwrapped(m) for m in ran))
+    modules = list(dict.fromkeys(unwrapped(m) for m in ran))
     inner = {id(sub) for m in modules for sub in m.modules() if sub is not m}
     roots = [m for m in modules if id(m) not in inner]
     roots.sort(key=lambda m: (-sum(1 for _ in m.parameters()), type(m).__qualname__))

@@ -82,6 +82,7 @@ from torchrepro.records._capture import (
     parameter_names,
     rng_digests,
     tensors_in,
+    unwrapped,
 )
 from torchrepro.records.format import (
     ALGORITHM,
@@ -198,6 +199,7 @@ class Recorder:
         self._depth = 0
         self._steps = 0  # steps that were no optimizer's (backward passes, step() calls)
         self._optimizer_stepped = False
+        self._compiled = False  # a torch.compile wrapper ran: its graphs guard on our hooks
         self._submitted = 0  # entries handed to _submit, written or waiting for the device
         self._submitted_at_mark = 0  # ... when step() was last called
         self._backward: _Backward | None = None
@@ -215,7 +217,7 @@ class Recorder:
         ]
         # The forward hooks learn which modules own the parameters (for names), the batch,
         # and where backward passes start; once an optimizer has stepped they are removed
-        # unless batches are recorded, so later steps pay nothing.
+        # unless batches are recorded or a model is compiled, so later steps pay nothing.
         self._forward_handles: list[RemovableHandle] = [
             register_module_forward_pre_hook(self._on_forward_pre),
             register_module_forward_hook(self._on_forward_post, always_call=True),
@@ -236,6 +238,7 @@ class Recorder:
             if module not in self._roots:
                 self._roots.add(module)
                 self._module_plan = None
+                self._compiled = self._compiled or unwrapped(module) is not module
             if self.batch:
                 tensors: list[torch.Tensor] = []
                 tensors_in(args, tensors)
@@ -295,7 +298,8 @@ class Recorder:
         if not self._optimizer_stepped:
             self._optimizer_stepped = True
             self._give_back()  # the backward pass before this step was part of it
-            if not self.batch:
+            # Removing the hooks would make dynamo recompile every graph traced with them.
+            if not (self.batch or self._compiled):
                 self._remove_forward_hooks()
         self._optimizer_entry(optimizer)
         self.hook_seconds += time.perf_counter() - t0
