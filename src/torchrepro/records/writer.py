@@ -273,7 +273,9 @@ class Recorder:
         if self._backward is not None:
             self._settle()  # two backward passes with no module call between them
         plan = self._modules_plan()
-        grads = [(k, p.grad) for k, p in zip(plan.keys, plan.tensors) if p.grad is not None]
+        grads = []
+        if self.grads:
+            grads = [(k, p.grad) for k, p in zip(plan.keys, plan.tensors) if p.grad is not None]
         digests = _digest_tensors(
             [*plan.tensors, *(g for _, g in grads)], self.algorithm, shards=True
         )
