@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchrepro.digests import LANES, XXH3, Digest, _digest_tensors, fingerprint
+from torchrepro.digests import ALGORITHMS, LANES, XXH3, Digest, _digest_tensors, fingerprint
 from torchrepro.errors import FingerprintError, TorchReproError
 
 CASES: dict[str, Callable[[], torch.Tensor]] = {
@@ -214,6 +214,32 @@ def test_unsupported_inputs_raise_with_a_fix() -> None:
         fingerprint(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # also a TypeError, as callers expect
         fingerprint({"a": object()})
+
+
+def test_a_tensor_whose_storage_was_freed_is_refused_not_read() -> None:
+    # FSDP frees unsharded parameters this way: the shape stays, the memory goes.
+    base = torch.randn(1000)
+    view = base.view(10, 100)
+    param = torch.nn.Parameter(torch.randn(1000))
+    fingerprint(param)  # read in place once: its window is kept while it stays valid
+    for t in (base, param):
+        t.untyped_storage().resize_(0)
+    for t in (view, param):
+        for algorithm in ALGORITHMS:
+            with pytest.raises(FingerprintError, match="storage was freed"):
+                fingerprint(t, algorithm=algorithm)
+
+
+def test_a_parameter_digested_again_follows_its_data_in_place_and_reassigned() -> None:
+    param = torch.nn.Parameter(torch.arange(6.0))
+    assert fingerprint(param) == fingerprint(torch.arange(6.0))
+    with torch.no_grad():
+        param.mul_(2)  # same memory, new values
+    assert fingerprint(param) == fingerprint(torch.arange(6.0) * 2)
+    param.data = torch.arange(6.0).reshape(2, 3).t()  # new memory, shape and strides
+    assert fingerprint(param) == fingerprint(torch.arange(6.0).reshape(2, 3).t().contiguous())
+    param.data = param.data.half()
+    assert fingerprint(param) == fingerprint(param.detach().clone())
 
 
 def test_empty_mappings_stay_visible_in_a_digest() -> None:

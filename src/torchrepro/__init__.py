@@ -24,7 +24,6 @@ __version__ = "0.2.0.dev0"
 _PUBLIC = {
     "TorchReproError": "torchrepro.errors",
     "capture_rng": "torchrepro.state",
-    "check_reproducible": "torchrepro.check",
     "derive_seed": "torchrepro._derive",
     "determinism_status": "torchrepro.determinism",
     "deterministic": "torchrepro.determinism",
@@ -45,6 +44,7 @@ _PUBLIC = {
     "seed_worker": "torchrepro.data",
     "split_streams": "torchrepro.distributed",
     "state_dict": "torchrepro.state",
+    "step": "torchrepro.records",
     "torch_generator": "torchrepro.seeding",
     "worker_init_fn": "torchrepro.data",
 }
@@ -67,6 +67,7 @@ _MOVED = {
     "ReplacementError": "torchrepro.errors",
     "SeedError": "torchrepro.errors",
     "StateError": "torchrepro.errors",
+    "check_reproducible": "torchrepro.check",
     "determinism_cost": "torchrepro.cost",
     "deterministic_ops": "torchrepro.detops",
     "diff_records": "torchrepro.compare",
@@ -83,7 +84,6 @@ _MOVED = {
 __all__ = [
     "TorchReproError",
     "capture_rng",
-    "check_reproducible",
     "derive_seed",
     "determinism_status",
     "deterministic",
@@ -104,6 +104,7 @@ __all__ = [
     "seed_worker",
     "split_streams",
     "state_dict",
+    "step",
     "torch_generator",
     "worker_init_fn",
 ]
@@ -127,13 +128,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from torchrepro._derive import derive_seed
-    from torchrepro.check import check_reproducible
     from torchrepro.data import sample_rng, seed_per_sample, seed_worker, worker_init_fn
     from torchrepro.determinism import determinism_status, deterministic, enable_determinism
     from torchrepro.digests import fingerprint
     from torchrepro.distributed import split_streams
     from torchrepro.errors import TorchReproError
-    from torchrepro.records import log, record
+    from torchrepro.records import log, record, step
     from torchrepro.seeding import isolate_rng, numpy_generator, seed_everything, torch_generator
     from torchrepro.state import (
         capture_rng,

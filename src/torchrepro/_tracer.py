@@ -6,7 +6,8 @@ Runs in the replayed process: the ``torchrepro run`` bootstrap calls
 a ``TorchDispatchMode`` sees every ATen op and notes its name, the module it ran in
 (forward, or backward through ``torch.utils.module_tracker``) and exact digests of its
 tensor inputs and outputs; the trace is then written in the layout that
-:mod:`torchrepro.localize` reads and analyses.
+:mod:`torchrepro.localize` reads and analyses. Steps are optimizer steps, or, in a replay
+that records (:meth:`StepTrace.follow`), the record's entries, whatever marks them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torchrepro.digests import _digest_tensors
 from torchrepro.localize import OUTSIDE, TRACE_FORMAT, trace_event
 from torchrepro.records.files import process_argv
 
-__all__ = ["start_trace_from_env"]
+__all__ = ["StepTrace", "start_trace_from_env"]
 
 
 def _module_tracker() -> Any:
@@ -78,7 +79,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
 
-class _StepTrace:
+class StepTrace:
     """Turns the tracer on from the end of step ``step - 1`` to the end of step ``step``."""
 
     def __init__(self, path: Path, step: int) -> None:
@@ -96,7 +97,19 @@ class _StepTrace:
         self.tracer = _Tracer(self.tracker)
         self.tracer.__enter__()  # type: ignore[no-untyped-call]
 
+    def follow(self, recorder: Any) -> None:
+        """Counts the steps of ``recorder`` (a :class:`~torchrepro.records.Recorder`) instead.
+
+        A record's entry ``s`` is then the step traced, whether an optimizer step, a
+        backward pass with a hand-written update or a ``torchrepro.step()`` call made it.
+        """
+        self.handle.remove()
+        recorder.add_step_listener(self._on_boundary)
+
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._on_boundary()
+
+    def _on_boundary(self) -> None:
         self.steps_seen += 1
         if self.tracer is not None:
             tracer, self.tracer = self.tracer, None
@@ -117,19 +130,19 @@ def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
             file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
-def start_trace_from_env() -> bool:
+def start_trace_from_env() -> StepTrace | None:
     """Starts the step tracer if ``TORCHREPRO_TRACE`` and ``TORCHREPRO_TRACE_STEP`` are set.
 
     With ``TORCHREPRO_TRACE_ARGV`` (a JSON list) only the process of that command line
     traces: the one training process of a command that ``check`` replays.
 
     Returns:
-        Whether a tracer was started.
+        The tracer started, or None.
 
     Example:
         >>> os.environ["TORCHREPRO_TRACE"], os.environ["TORCHREPRO_TRACE_STEP"] = "t.jsonl", "1"
-        >>> start_trace_from_env()
-        True
+        >>> start_trace_from_env()  # doctest: +ELLIPSIS
+        <torchrepro._tracer.StepTrace object at ...>
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> for _ in range(2):
@@ -143,9 +156,8 @@ def start_trace_from_env() -> bool:
     """
     path, step = os.environ.get(_contract.TRACE), os.environ.get(_contract.TRACE_STEP)
     if not path or step is None:
-        return False
+        return None
     wanted = os.environ.get(_contract.TRACE_ARGV)
     if wanted and json.loads(wanted) != process_argv():
-        return False  # another process of the command: check replays the one that parted
-    _StepTrace(Path(path), int(step))
-    return True
+        return None  # another process of the command: check replays the one that parted
+    return StepTrace(Path(path), int(step))

@@ -19,6 +19,11 @@ Two algorithms, each named in every result:
 
 Digests of different algorithms never match; compare records made with the same one.
 
+A ``DTensor`` (FSDP2, tensor parallelism) is split over ranks, so no rank holds its bytes:
+:func:`fingerprint` refuses it and says how to digest it. The recorder, the op tracer and
+the replica check digest each rank's local shard (``to_local()``) instead, which needs no
+collective call.
+
 This module imports nothing of torchrepro but its errors and the lane digest (``_lanes``),
 so every layer can use it.
 """
@@ -28,6 +33,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
@@ -62,6 +69,9 @@ def _threads() -> ThreadPoolExecutor:
 
 
 _XXH3_PREFIX = b"torchrepro-xxh3_128\0"
+# Tensors whose memory may be read in place. A subclass (DTensor, a wrapper subclass, a
+# functional or fake tensor) may have no storage of its own: it takes the copying path.
+_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 Fingerprintable = Union[torch.Tensor, torch.nn.Module, torch.optim.Optimizer, Mapping[Any, Any]]
@@ -127,6 +137,13 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
             "Digest x.int_repr() and its scale/zero point, or materialise it first."
         )
     t = t.detach()
+    if not _storage_holds(t):
+        raise FingerprintError(
+            f"cannot digest a tensor of shape {tuple(t.shape)} whose storage holds "
+            f"{t.untyped_storage().nbytes()} bytes, fewer than its shape needs; expected a "
+            "tensor with its data in memory. Its storage was freed (FSDP frees unsharded "
+            "parameters after use): digest the tensor while it holds data, or its shard."
+        )
     # Lazy conjugate and negative views hold bits that differ from their values.
     if t.is_conj():
         t = t.resolve_conj()
@@ -136,6 +153,14 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
         t = torch.view_as_real(t)
     # contiguous() gives row-major order whatever the strides, so layout never matters.
     return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _storage_holds(t: torch.Tensor) -> bool:
+    """Whether a strided tensor's storage holds every byte its shape and strides reach."""
+    if t.numel() == 0:
+        return True
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return bool(t.untyped_storage().nbytes() >= (last + 1) * t.element_size())
 
 
 def _header(t: torch.Tensor) -> bytes:
@@ -148,28 +173,102 @@ def _header_of(dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:
     return f"{str(dtype).removeprefix('torch.')}\0{dims}\0".encode()
 
 
-def _xxh3_digest(t: torch.Tensor, chunk_bytes: int | None = None) -> str:
-    buf: Any
+@functools.lru_cache(maxsize=4096)
+def _xxh3_start(dtype: torch.dtype, shape: tuple[int, ...]) -> xxhash.xxh3_128:
+    """An xxh3 state that has read the prefix and header: copied, never updated itself."""
+    return xxhash.xxh3_128(_XXH3_PREFIX + _header_of(dtype, shape))
+
+
+def _window(t: torch.Tensor) -> Any:
+    """A zero-copy window onto a plain contiguous CPU tensor's bytes; None: copy them instead.
+
+    The tensor stays referenced while the window is read. Complex data is already stored as
+    (real, imag) pairs, as view_as_real would give. A storage too small for the shape
+    (freed) gets no window: :func:`_as_bytes` refuses it, where reading it in place would
+    read memory the tensor does not own.
+    """
     if (
-        t.is_cpu
+        type(t) in _PLAIN_TYPES
         and t.layout == torch.strided
         and t.is_contiguous()
         and not (t.is_conj() or t.is_neg() or t.is_quantized)
     ):
-        # The recorder's path for parameters, a few microseconds each: a zero-copy window
-        # onto the tensor's memory (t stays referenced while it is read). Complex data is
-        # already stored as (real, imag) pairs, as view_as_real would give.
         n = t.nbytes
-        buf = (ctypes.c_char * n).from_address(t.data_ptr()) if n else b""
-    else:
-        buf = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
-    h = xxhash.xxh3_128(_XXH3_PREFIX + _header_of(t.dtype, tuple(t.shape)))
+        if not n:
+            return b""
+        if t.untyped_storage().nbytes() >= t.storage_offset() * t.element_size() + n:
+            return (ctypes.c_char * n).from_address(t.data_ptr())
+    return None
+
+
+# Parameters are digested step after step. Finding that one can be read in place takes a
+# dozen calls; its window stays valid while its data pointer, shape, strides and dtype stay
+# (freeing, moving or re-assigning its data changes the pointer), so it is kept, by id,
+# until the parameter dies: id -> (probe, (xxh3 start, window, bytes), weak reference).
+_kept_windows: dict[int, tuple[Any, tuple[Any, Any, int], Any]] = {}
+
+
+def _keep_window(t: torch.Tensor, probe: Any, reader: tuple[Any, Any, int]) -> None:
+    key = id(t)
+    ref = weakref.ref(t, lambda _: _kept_windows.pop(key, None))
+    _kept_windows[key] = (probe, reader, ref)
+
+
+def _host_readers(tensors: Sequence[Any], shards: bool) -> list[tuple[Any, Any, int]] | None:
+    """(xxh3 start, bytes, size) of each tensor for the xxh3 path; None if one is on a device.
+
+    The recorder's path for parameters, microseconds each: a kept window when there is
+    one, else :func:`_window`, else a contiguous copy (:func:`_as_bytes`).
+    """
+    readers = []
+    for t in tensors:
+        probe = None
+        if type(t) is torch.nn.Parameter:
+            probe = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+            kept = _kept_windows.get(id(t))
+            if kept is not None and kept[0] == probe:
+                readers.append(kept[1])  # the same memory read in place before: on the CPU
+                continue
+        elif type(t) not in _PLAIN_TYPES:
+            t = _plain_tensor(t, shards)
+        if not t.is_cpu:
+            return None
+        # A torch.Size hashes and compares as the tuple it is: no conversion per call.
+        start = _xxh3_start(t.dtype, t.shape)
+        window = _window(t)
+        if window is None:
+            data = _as_bytes(t).numpy()  # zero-copy view of the contiguous bytes
+            readers.append((start, data, data.nbytes))
+        else:
+            reader = (start, window, len(window))
+            if probe is not None:
+                _keep_window(t, probe, reader)
+            readers.append(reader)
+    return readers
+
+
+def _xxh3_hexdigests(readers: list[tuple[Any, Any, int]], chunk_bytes: int | None) -> list[str]:
+    """The digests of :func:`_host_readers`' readers; on a few threads for many bytes."""
+    if len(readers) > 1 and sum(size for _, _, size in readers) >= _THREADED_BYTES:
+        return list(_threads().map(lambda r: _xxh3_hexdigest(r[0], r[1], chunk_bytes), readers))
+    if chunk_bytes is not None:
+        return [_xxh3_hexdigest(start, data, chunk_bytes) for start, data, _ in readers]
+    out = []
+    for start, data, _ in readers:  # the common case, without a call per tensor
+        h = start.copy()
+        h.update(data)
+        out.append(h.hexdigest())
+    return out
+
+
+def _xxh3_hexdigest(start: xxhash.xxh3_128, data: Any, chunk_bytes: int | None) -> str:
+    h = start.copy()
     if chunk_bytes is None:
-        h.update(buf)
+        h.update(data)
     else:
-        view = memoryview(buf).cast("B")
-        for start in range(0, len(view), chunk_bytes):
-            h.update(view[start : start + chunk_bytes])
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), chunk_bytes):
+            h.update(view[offset : offset + chunk_bytes])
     return h.hexdigest()
 
 
@@ -185,6 +284,13 @@ class _PendingDigests:
         self._done: list[str] = [""] * count
         self._device_parts: list[tuple[list[int], list[bytes], torch.Tensor]] = []
         self._copies: list[tuple[torch.Tensor, Any]] = []
+
+    @classmethod
+    def of(cls, algorithm: str, hexdigests: list[str]) -> _PendingDigests:
+        """Digests already finished on the host."""
+        done = cls(algorithm, 0)
+        done._done = hexdigests
+        return done
 
     @property
     def on_host(self) -> bool:
@@ -210,6 +316,8 @@ class _PendingDigests:
 
     def hexdigests(self) -> list[str]:
         """The digests as plain hex strings (what records store)."""
+        if not self._device_parts:
+            return self._done
         self.start_transfer()
         for (indices, headers, _), (host, event) in zip(self._device_parts, self._copies):
             if event is not None:
@@ -220,35 +328,56 @@ class _PendingDigests:
         return self._done
 
 
+def _dtensor_type() -> type | None:
+    """DTensor's class once torch.distributed.tensor is imported (none can exist before)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    found: type | None = getattr(module, "DTensor", None)
+    return found
+
+
+def _plain_tensor(t: Any, shards: bool) -> torch.Tensor:
+    """A tensor subclass or other value to digest: a DTensor as its local shard if ``shards``."""
+    if not isinstance(t, torch.Tensor):
+        raise FingerprintError(
+            f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
+        )
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(t, dtensor):
+        if not shards:
+            raise FingerprintError(
+                f"cannot digest a DTensor of shape {tuple(t.shape)}: it is split over "
+                "ranks, and this rank holds only its shard; expected a plain tensor. "
+                "Digest t.to_local() (this rank's shard) or t.full_tensor() (the whole "
+                "tensor; every rank must call it)."
+            )
+        local: torch.Tensor = t.to_local()  # type: ignore[attr-defined]
+        return local
+    return t
+
+
 def _digest_tensors(
     tensors: Sequence[torch.Tensor],
     algorithm: str | None = None,
     *,
     chunk_bytes: int = _CHUNK_BYTES,
+    shards: bool = False,
 ) -> _PendingDigests:
     """Digest many tensors at once; the recorder's entry point.
 
-    On the lane path the work is fused per device and the result stays there until
-    ``resolve()``; on the xxh3 path it is computed on the host right away.
+    On the xxh3 path (every tensor on the CPU) the digests are computed on the host right
+    away; on the lane path the work is fused per device and the result stays there until
+    ``resolve()``. ``shards`` digests each DTensor as this rank's local shard (the
+    recorder's choice); without it a DTensor is refused.
     """
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            raise FingerprintError(
-                f"expected tensors; got {type(t).__name__}. Pass torch.Tensor objects."
-            )
-    if algorithm is None and all(t.is_cpu for t in tensors):
-        name = XXH3  # the common case, decided without building device objects
-    else:
-        name = resolve_algorithm(algorithm, (t.device for t in tensors))
+    chunk = None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes
+    if algorithm is None or _ALIASES.get(algorithm) == XXH3:
+        readers = _host_readers(tensors, shards)
+        if readers is not None:
+            return _PendingDigests.of(XXH3, _xxh3_hexdigests(readers, chunk))
+    tensors = [t if type(t) in _PLAIN_TYPES else _plain_tensor(t, shards) for t in tensors]
+    # Tensors on a device: lanes, or the error that says xxh3 runs on the host only.
+    name = resolve_algorithm(algorithm, (t.device for t in tensors))
     pending = _PendingDigests(name, len(tensors))
-    if name == XXH3:
-        chunk = None if chunk_bytes >= _CHUNK_BYTES else chunk_bytes
-        if len(tensors) > 1 and sum(t.nbytes for t in tensors) >= _THREADED_BYTES:
-            pending._done[:] = _threads().map(lambda t: _xxh3_digest(t, chunk), tensors)
-        else:
-            for i, t in enumerate(tensors):
-                pending._done[i] = _xxh3_digest(t, chunk)
-        return pending
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)

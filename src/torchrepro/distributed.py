@@ -33,7 +33,9 @@ Replica check: after the first DDP wrap, at optimizer step 0 and every ``N`` ste
 (:func:`verify_replicas`, ``TORCHREPRO_REPLICA_EVERY``, default 100), every rank digests
 the parameters of its DDP-wrapped modules and the digests are all-gathered; a rank whose
 parameter differs from rank 0's is reported by rank and parameter name (a
-``RuntimeWarning`` on rank 0, and a ``"replicas"`` field in the run record's entry).
+``RuntimeWarning`` on rank 0, and a ``"replicas"`` field in the run record's entry). A
+``DTensor`` parameter is compared only when it is replicated on every mesh dimension; a
+sharded one holds a different shard on each rank by design and is skipped.
 """
 
 from __future__ import annotations
@@ -343,7 +345,7 @@ class _Replicas:
             (names[id(p)], p)
             for group in optimizer.param_groups
             for p in group["params"]
-            if id(p) in names
+            if id(p) in names and _replicated(p)
         ]
 
     def verdict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
@@ -366,7 +368,7 @@ class _Replicas:
     def _compare(self, step: int, named: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
         from torchrepro.digests import _digest_tensors  # only ranks that compare need it
 
-        digests = _digest_tensors([p for _, p in named], None).hexdigests()
+        digests = _digest_tensors([p for _, p in named], None, shards=True).hexdigests()
         gathered: list[Any] = [None] * world_size()
         # Object all-gather: 32 hex characters per parameter, every N steps; it works on
         # gloo and NCCL alike (NCCL needs torch.cuda.set_device, as DDP does).
@@ -393,6 +395,14 @@ class _Replicas:
                 stacklevel=2,
             )
         return {"step": step, "checked": len(named), "drifting": drifting}
+
+
+def _replicated(parameter: torch.Tensor) -> bool:
+    """Whether every rank holds the whole parameter: a plain tensor, or a replicated DTensor."""
+    placements = getattr(parameter, "placements", None)  # only a DTensor has placements
+    if placements is None:
+        return True
+    return all(placement.is_replicate() for placement in placements)
 
 
 _replicas = _Replicas()
@@ -422,4 +432,6 @@ def verify_replicas(every: int = _DEFAULT_EVERY) -> None:
 
 def replica_verdict(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """This step's replica check for ``optimizer`` (``None`` when none ran); for the recorder."""
+    if not _replicas.modules:
+        return None  # no DDP module in this process: nothing to compare, at no cost
     return _replicas.verdict(optimizer)

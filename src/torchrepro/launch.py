@@ -101,9 +101,10 @@ def bootstrap() -> None:
     """Applies what ``torchrepro run`` or ``check`` asked for; called at interpreter start-up.
 
     Seeding (unless ``TORCHREPRO_NO_SEED=1``), then the step tracer (``TORCHREPRO_TRACE``)
-    and the recorder (``TORCHREPRO_RECORD``), in that order so that the tracer stops at the
-    end of its step before the recorder digests the parameters. Each is imported only when
-    asked for: a spawned DataLoader worker imports what seeding needs and nothing more.
+    and the recorder (``TORCHREPRO_RECORD``); the tracer follows the recorder's steps and
+    stops at the end of its step before the recorder digests the parameters. Each is
+    imported only when asked for: a spawned DataLoader worker imports what seeding needs
+    and nothing more.
     """
     if os.environ.get(_contract.NO_SEED) != "1":
         from torchrepro import takeover
@@ -114,14 +115,17 @@ def bootstrap() -> None:
         # The script never asked for torchrepro's loader seeding: if it seeds itself, its
         # loaders follow its seeding, as they do when it runs plain.
         takeover.release_loaders_on_reseed()
+    tracer = None
     if os.environ.get(_contract.TRACE):
         from torchrepro._tracer import start_trace_from_env
 
-        start_trace_from_env()
+        tracer = start_trace_from_env()
     if os.environ.get(_contract.RECORD):
         from torchrepro.records.writer import start_from_env
 
-        start_from_env()
+        recorder = start_from_env()
+        if tracer is not None and recorder is not None:
+            tracer.follow(recorder)  # the traced step is the record's entry, of any kind
 
 
 def exec_command(

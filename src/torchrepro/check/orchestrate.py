@@ -303,8 +303,10 @@ def _conclude(
     elif compared == 0:
         report.verdict = FAILED
         report.message = (
-            "the runs recorded no optimizer step: does the command call "
-            "optimizer.step() in a Python that can import torchrepro?"
+            "the runs recorded no step: expected optimizer.step() calls, or backward passes "
+            "followed by a hand-written update, in a Python that can import torchrepro. "
+            "A training that updates its parameters another way can mark each step with "
+            "torchrepro.step()."
         )
 
 

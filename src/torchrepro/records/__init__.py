@@ -3,7 +3,21 @@
 :mod:`~torchrepro.records.format` (the file layout, schema version, rank-file names,
 :func:`read_record`) and :mod:`~torchrepro.records.tail` (:class:`RecordTail`) import no
 torch, so the launching process of ``torchrepro check`` reads records without it; the
-writer (:func:`record`, :func:`log`, :class:`Recorder`) is imported when first used.
+writer (:func:`record`, :func:`log`, :func:`step`, :class:`Recorder`) is imported when
+first used.
+
+A record has one entry per training step: each optimizer step; in a training with no
+optimizer, each backward pass followed by a hand-written update; or each call of
+:func:`step` (:mod:`~torchrepro.records.writer` says exactly which, and how a training
+with both an optimizer and backward passes gets no entry twice).
+
+Sharded parameters (FSDP2's ``fully_shard``, tensor parallelism) are DTensors: each
+rank records the digest of its own local shard (``to_local()``), under the parameter's
+name, in its own rank file. Run 1's rank ``r`` is compared with run 2's rank ``r``, so a
+difference in any shard is found, on the rank that holds it, with no collective call in
+the recorder (gathering the full tensors would all-gather every parameter at every step).
+A record of a sharded training therefore compares only with one sharded the same way (same
+world size and placements); the shard shapes are part of the digests.
 
 Example:
     >>> model = torch.nn.Linear(2, 1)
@@ -24,7 +38,7 @@ from torchrepro.records.format import FORMAT, SCHEMA_VERSION, Record, read_recor
 from torchrepro.records.tail import RecordTail
 
 if TYPE_CHECKING:
-    from torchrepro.records.writer import Recorder, log, record, start_from_env
+    from torchrepro.records.writer import Recorder, log, record, start_from_env, step
 
 __all__ = [
     "FORMAT",
@@ -37,9 +51,10 @@ __all__ = [
     "read_record",
     "record",
     "start_from_env",
+    "step",
 ]
 
-_WRITER = ("Recorder", "log", "record", "start_from_env")
+_WRITER = ("Recorder", "log", "record", "start_from_env", "step")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,11 +1,15 @@
 """What a record entry holds besides the parameters: batch tensors, RNG digests, log values.
 
-Also the names under which the parameters are recorded. The writer
-(:mod:`torchrepro.records.writer`) calls these in its hooks.
+Also the names under which the parameters are recorded: module paths in the user's model.
+A ``torch.compile``'d model is named through the model it wraps, so its parameters have
+the plain model's names (``"0.weight"``, not ``"_orig_mod.0.weight"``) and the records of
+a compiled and an uncompiled run line up. The writer (:mod:`torchrepro.records.writer`)
+calls these in its hooks.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
@@ -14,7 +18,15 @@ import torch
 from torchrepro._sources import RNGSource, available_sources
 from torchrepro.digests import fingerprint
 
-__all__ = ["LogValue", "log_value", "parameter_names", "rng_digests", "tensors_in"]
+__all__ = [
+    "LogValue",
+    "log_value",
+    "module_parameters",
+    "parameter_names",
+    "rng_digests",
+    "tensors_in",
+    "unwrapped",
+]
 
 LogValue = Union[int, float, bool, str, torch.Tensor]
 """What :func:`torchrepro.log` takes: a number, a string or a tensor."""
@@ -70,11 +82,66 @@ def rng_digests() -> dict[str, str]:
     }
 
 
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's model inside a ``torch.compile`` wrapper (the module itself otherwise).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> unwrapped(model) is model
+        True
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # no compiled module before
+    wrapper = getattr(eval_frame, "OptimizedModule", None)
+    while wrapper is not None and isinstance(module, wrapper):
+        module = module._orig_mod
+    return module
+
+
+def _named(
+    ran: Iterable[torch.nn.Module], wanted: Mapping[int, Any] | None
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """(module path, parameter) of the modules that ran, each parameter and name once.
+
+    Outermost modules give full paths (``"encoder.0.weight"``), whichever order they ran
+    in, the one with the most parameters first; only parameters whose id is in ``wanted``
+    take a name, when given.
+    """
+    modules = list(dict.fromkeys(unwrapped(m) for m in ran))
+    inner = {id(sub) for m in modules for sub in m.modules() if sub is not m}
+    roots = [m for m in modules if id(m) not in inner]
+    roots.sort(key=lambda m: (-sum(1 for _ in m.parameters()), type(m).__qualname__))
+    found: list[tuple[str, torch.nn.Parameter]] = []
+    seen: set[int] = set()
+    used: set[str] = set()
+    for root in roots:
+        for name, p in root.named_parameters():
+            if (wanted is None or id(p) in wanted) and id(p) not in seen and name not in used:
+                found.append((name, p))
+                seen.add(id(p))
+                used.add(name)
+    return found
+
+
+def module_parameters(ran: Iterable[torch.nn.Module]) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters of the modules that ran forward, by module path, each once.
+
+    What a step with no optimizer records. Outermost modules give full paths
+    (``"encoder.0.weight"``), whichever order they ran in; a compiled model gives its
+    plain model's names.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> [name for name, _ in module_parameters([model[0], model])]
+        ['0.weight', '0.bias']
+    """
+    return _named(ran, None)
+
+
 def parameter_names(optimizer: torch.optim.Optimizer, ran: Iterable[torch.nn.Module]) -> list[str]:
     """Names for an optimizer's parameters: module paths, from the modules that ran forward.
 
-    Outermost modules give full paths (``"encoder.0.weight"``), whichever order they ran
-    in; a parameter of no module that ran is ``group{g}.{i}``.
+    Named as :func:`module_parameters` names them; a parameter of no module that ran is
+    ``group{g}.{i}``.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
@@ -83,26 +150,13 @@ def parameter_names(optimizer: torch.optim.Optimizer, ran: Iterable[torch.nn.Mod
         >>> parameter_names(opt, [model, model[0]])
         ['0.weight', '0.bias', 'group0.2']
     """
-    wanted: dict[int, int] = {}
-    fallback: list[str] = []
-    for g, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            wanted[id(p)] = len(fallback)
-            fallback.append(f"group{g}.{i}")
-    names: list[str | None] = [None] * len(fallback)
-    modules = list(ran)
-    inner = {id(sub) for m in modules for sub in m.modules() if sub is not m}
-    # Outermost modules give full paths ("encoder.0.weight"), whichever order they ran in.
-    roots = [m for m in modules if id(m) not in inner]
-    roots.sort(key=lambda m: (-sum(1 for _ in m.parameters()), type(m).__qualname__))
-    used: set[str] = set()
-    for root in roots:
-        for name, p in root.named_parameters():
-            slot = wanted.get(id(p))
-            if slot is not None and names[slot] is None and name not in used:
-                names[slot] = name
-                used.add(name)
-    return [n if n is not None else f for n, f in zip(names, fallback)]
+    slots = {
+        id(p): f"group{g}.{i}"
+        for g, group in enumerate(optimizer.param_groups)
+        for i, p in enumerate(group["params"])
+    }
+    named = {id(p): name for name, p in _named(ran, slots)}
+    return [named.get(key, fallback) for key, fallback in slots.items()]
 
 
 def log_value(value: LogValue, algorithm: str | None) -> Any:

@@ -2,7 +2,7 @@
 
 A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERSION`:
 
-* line 1, the header, written at the first optimizer step (no step, no file) so that its
+* line 1, the header, written at the first step (no step, no file) so that its
   environment manifest shows what the script set up (threads, flags):
   ``{"format": "torchrepro-record", "schema_version": 2, "created": "...", "rank": 0,
   "world_size": 1, "argv": ["python", "train.py"], "pid": 4242, "started": 1765.2e6,
@@ -10,7 +10,10 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
   of the process), ``pid`` and ``started`` (when the process started, in seconds since
   the epoch) tell the training processes of one command apart
   (:func:`~torchrepro.records.files.this_process`)
-* then one entry per optimizer step: ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
+* then one entry per training step (an optimizer step, else a backward pass followed by a
+  hand-written update, or a ``torchrepro.step()`` call: :mod:`torchrepro.records.writer`;
+  ``"optimizer"`` is the optimizer's index, ``null`` for a step no optimizer made):
+  ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
   "params": {"fc.weight": "<32 hex>", ...}, "grads": {...}, "batch": [[...], ...],
   "rng": {"python": ..., "numpy": ..., "torch": ..., "generator:aug": ...},
   "log": {"loss": 0.69}}`` (the optional sections only when switched on or used), and

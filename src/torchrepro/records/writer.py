@@ -1,10 +1,37 @@
-"""Writing run records: one entry per optimizer step, with exact digests, as it trains.
+"""Writing run records: one entry per training step, with exact digests, as it trains.
 
-``record(path)`` hooks every optimizer step in the process (no change to model code) and
-appends one JSON line per step: step index, the digest of every parameter (by module path
-where a module owning it ran forward, else ``group{g}.{i}``), and optionally gradients, the
-batch that went into the outermost module, RNG states and values given to ``log()``. The
-file's layout is :mod:`torchrepro.records.format`'s.
+``record(path)`` hooks the training in this process (no change to model code) and appends
+one JSON line per step: step index, the digest of every parameter after the step (by
+module path where a module owning it ran forward, else ``group{g}.{i}``), and optionally
+gradients, the batch that went into the outermost module calls, RNG states and values
+given to ``log()``. The file's layout is :mod:`torchrepro.records.format`'s.
+
+What a step is, with no code change:
+
+* Each ``optimizer.step()`` of a ``torch.optim.Optimizer``. The entry holds that
+  optimizer's parameters; from a process's first optimizer step on, nothing else is a step,
+  so a training with an optimizer gets exactly one entry per optimizer step.
+* Until then, a backward pass through the output of an outermost module call after which
+  the parameters change with no optimizer step: a hand-written update such as
+  ``p.data.add_(p.grad, alpha=-lr)``. Its end is seen as DDP sees it (an autograd engine
+  callback queued from a hook on the module's output); whether the parameters changed is
+  seen when the next outermost module call starts (or at close), and the entry is written
+  then: the parameters of the modules that ran forward after the update, the gradients as
+  the backward pass left them, ``"optimizer": null``. A backward pass after which no
+  parameter changed (a micro-batch of gradient accumulation, a gradient penalty) is no
+  step: its batch and logged values go to the next entry. An optimizer step takes over the
+  backward pass before it, so no step is written twice.
+* :func:`step`, for loops no hook can see (no backward pass, updates outside autograd):
+  each call ends a step, and writes its entry unless an optimizer step or a backward pass
+  already wrote one since the last call, so marking the steps of a training that the
+  recorder sees anyway changes nothing.
+
+``torch.compile``: the hooks do nothing while dynamo traces them (no Python side effects in
+a graph). A compiled model's wrapper is called eagerly, so its batch and the end of its
+backward pass are seen; its parameters are named by the module paths of the model it wraps,
+as in the plain model. A model compiled in place (``model.compile()``) or inside a compiled
+function runs no hook outside the graph: its parameters are named ``group{g}.{i}`` and its
+batch is not recorded.
 
 Example:
     >>> model = torch.nn.Linear(2, 1)
@@ -28,7 +55,9 @@ import atexit
 import json
 import os
 import time
+import warnings
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,9 +78,11 @@ from torchrepro.errors import RecordError
 from torchrepro.records._capture import (
     LogValue,
     log_value,
+    module_parameters,
     parameter_names,
     rng_digests,
     tensors_in,
+    unwrapped,
 )
 from torchrepro.records.files import claim_record, rank_path, this_process
 from torchrepro.records.format import (
@@ -68,26 +99,66 @@ from torchrepro.records.format import (
     header,
 )
 
-__all__ = ["LogValue", "Recorder", "log", "record", "start_from_env"]
+__all__ = ["LogValue", "Recorder", "log", "record", "start_from_env", "step"]
 
 _active: Recorder | None = None
 
+# True while dynamo traces a function (torch >= 2.3 names it in torch.compiler).
+_is_compiling: Callable[[], bool] = getattr(
+    getattr(torch, "compiler", None), "is_compiling", lambda: False
+)
+# One encoder for every line, not one per json.dumps call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+# OptimizedModule warns that global hooks fire once more for it: the recorder expects that
+# (the wrapper is the outermost call, and it is named through the model it wraps).
+_COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
+
 
 @dataclass
-class _OptimizerInfo:
-    index: int
-    names: list[str]
-    param_count: int
+class _Plan:
+    """A set of parameters as entries write them: names, and their JSON keys escaped once."""
+
+    index: int | None  # the optimizer's index; None: the parameters of the modules that ran
+    names: list[str] = field(default_factory=list)
+    tensors: list[torch.Tensor] = field(default_factory=list)  # only when index is None
+    keys: list[str] = field(init=False)  # '"fc.weight":"', to be followed by a digest
     steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.rename(self.names)
+
+    def rename(self, names: list[str]) -> None:
+        self.names = names
+        self.keys = [json.dumps(name) + ':"' for name in names]
 
 
 @dataclass
 class _PendingEntry:
-    entry: dict[str, Any]
-    digests: _PendingDigests
-    names: list[tuple[str, str]]  # (section, name) for each digest, in order
+    step: int
+    optimizer: int | None
+    digests: _PendingDigests  # the parameters, then the gradients
+    keys: list[str]  # the JSON key of each digest
+    params: int  # how many of the digests are parameters
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests] = field(default_factory=list)
+    batch: list[_PendingDigests]
+    taken: dict[str, Any]  # rng and replicas, when taken
+
+
+@dataclass
+class _Backward:
+    """A backward pass that may have been a step, until the parameters say whether."""
+
+    plan: _Plan
+    before: list[str]  # the parameters' digests as the backward pass ended
+    grads: list[tuple[str, str]]  # (key, digest) of each gradient
+    algorithm: str
+    rng: dict[str, str] | None
+    logs: dict[str, LogValue]
+    batch: list[_PendingDigests]
+
+
+def _pairs(keys: Sequence[str], digests: Sequence[str]) -> str:
+    return ",".join([key + digest + '"' for key, digest in zip(keys, digests)])
 
 
 class Recorder:
@@ -116,87 +187,235 @@ class Recorder:
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
         self.hook_seconds = 0.0
-        self._optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, _OptimizerInfo] = (
+        self._plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Plan] = (
             weakref.WeakKeyDictionary()
         )
-        self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._optimizers_seen = 0
+        # The outermost modules that ran forward: they name the parameters.
+        self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._module_plan: _Plan | None = None  # the roots' parameters; None: roots changed
         self._logs: dict[str, LogValue] = {}
         self._batches: list[_PendingDigests] = []
         self._depth = 0
+        self._steps = 0  # steps that were no optimizer's (backward passes, step() calls)
+        self._optimizer_stepped = False
+        self._compiled = False  # a torch.compile wrapper ran: its graphs guard on our hooks
+        self._submitted = 0  # entries handed to _submit, written or waiting for the device
+        self._submitted_at_mark = 0  # ... when step() was last called
+        self._backward: _Backward | None = None
+        self._graph_task = -1  # the backward pass whose end is already awaited
+        self._listeners: list[Callable[[], None]] = []
         self._waiting: _PendingEntry | None = None
         self._closed = False
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Opened at the first optimizer step: a process that never steps (torchrun's
-        # launcher, a data-preparation script) leaves no empty record behind.
+        # Opened at the first step: a process that never steps (torchrun's launcher, a
+        # data-preparation script) leaves no empty record behind.
         self._file: IO[str] | None = None
         self._handles: list[RemovableHandle] = [
             register_optimizer_step_post_hook(self._on_step),
         ]
-        # The pre-hook learns which modules own the parameters (for names); it is removed
-        # after the first step unless batches are recorded, so later steps pay nothing.
-        self._pre_handle: RemovableHandle | None = register_module_forward_pre_hook(
-            self._on_forward_pre
-        )
-        self._post_handle: RemovableHandle | None = (
-            register_module_forward_hook(self._on_forward_post, always_call=True) if batch else None
-        )
+        # The forward hooks learn which modules own the parameters (for names), the batch,
+        # and where backward passes start; once an optimizer has stepped they are removed
+        # unless batches are recorded or a model is compiled, so later steps pay nothing.
+        self._forward_handles: list[RemovableHandle] = [
+            register_module_forward_pre_hook(self._on_forward_pre),
+            register_module_forward_hook(self._on_forward_post, always_call=True),
+        ]
+        warnings.filterwarnings("ignore", _COMPILE_HOOK_WARNING, UserWarning)
+        self._warning_filter = warnings.filters[0]
         atexit.register(self.close)
 
     # -- hooks -------------------------------------------------------------------------
 
     def _on_forward_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        self._modules.add(module)
-        if self.batch:
-            if self._depth == 0:
-                t0 = time.perf_counter()
+        if _is_compiling():
+            return  # traced into a graph: the wrapper's eager call saw this forward
+        if self._depth == 0:
+            t0 = time.perf_counter()
+            if self._backward is not None:
+                self._settle()  # the update after that backward pass is done by now
+            if module not in self._roots:
+                self._roots.add(module)
+                self._module_plan = None
+                self._compiled = self._compiled or unwrapped(module) is not module
+            if self.batch:
                 tensors: list[torch.Tensor] = []
                 tensors_in(args, tensors)
-                self._batches.append(_digest_tensors(tensors, self.algorithm))
-                self.hook_seconds += time.perf_counter() - t0
-            self._depth += 1
+                self._batches.append(_digest_tensors(tensors, self.algorithm, shards=True))
+            self.hook_seconds += time.perf_counter() - t0
+        self._depth += 1
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _is_compiling():
+            return
         self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._watching() and torch.is_grad_enabled():
+            if torch._C._are_functorch_transforms_active():
+                return  # torch.func's tensors take no hooks; its passes are not watched
+            tensors: list[torch.Tensor] = []
+            tensors_in(output, tensors)
+            for t in tensors:
+                if t.requires_grad:
+                    t.register_hook(self._on_output_grad)  # type: ignore[no-untyped-call]
+
+    def _on_output_grad(self, grad: torch.Tensor) -> None:
+        # Called inside the backward pass: queue one callback for its end, as DDP does.
+        task = torch._C._current_graph_task_id()
+        if task != self._graph_task and self._watching():
+            self._graph_task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        if not self._watching():
+            return
+        t0 = time.perf_counter()
+        if self._backward is not None:
+            self._settle()  # two backward passes with no module call between them
+        plan = self._modules_plan()
+        grads = []
+        if self.grads:
+            grads = [(k, p.grad) for k, p in zip(plan.keys, plan.tensors) if p.grad is not None]
+        digests = _digest_tensors(
+            [*plan.tensors, *(g for _, g in grads)], self.algorithm, shards=True
+        )
+        done = list(digests.hexdigests())  # compared when the next module call starts
+        n = len(plan.tensors)
+        self._backward = _Backward(
+            plan,
+            done[:n],
+            [(k, d) for (k, _), d in zip(grads, done[n:])],
+            digests.algorithm,
+            rng_digests() if self.rng else None,
+            self._logs,
+            self._batches,
+        )
+        self._logs, self._batches = {}, []
+        self.hook_seconds += time.perf_counter() - t0
 
     def _on_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         t0 = time.perf_counter()
-        if self._file is None:
-            self._start_file()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        info = self._optimizers.get(optimizer)
-        if info is None or info.param_count != len(params):
-            index = info.index if info is not None else len(self._optimizers)
-            info = _OptimizerInfo(index, parameter_names(optimizer, self._modules), len(params))
-            self._optimizers[optimizer] = info
-        tensors = list(params)  # the digest functions read .detach()ed data themselves
-        labels = [(PARAMS, name) for name in info.names]
-        if self.grads:
-            for name, p in zip(info.names, params):
-                if p.grad is not None:
-                    tensors.append(p.grad)
-                    labels.append((GRADS, name))
-        digests = _digest_tensors(tensors, self.algorithm)
-        entry: dict[str, Any] = {
-            STEP: info.steps,
-            OPTIMIZER: info.index,
-            ALGORITHM: digests.algorithm,
-        }
-        if self.rng:
-            entry[RNG] = rng_digests()
-        replicas = distributed.replica_verdict(optimizer)
-        if replicas is not None:
-            entry[REPLICAS] = replicas
-        info.steps += 1
-        pending = _PendingEntry(entry, digests, labels, self._logs, self._batches)
-        self._logs, self._batches = {}, []
-        if self._pre_handle is not None and not self.batch:
-            self._pre_handle.remove()
-            self._pre_handle = None
-        self._submit(pending)
+        if not self._optimizer_stepped:
+            self._optimizer_stepped = True
+            self._give_back()  # the backward pass before this step was part of it
+            # Removing the hooks would make dynamo recompile every graph traced with them.
+            if not (self.batch or self._compiled):
+                self._remove_forward_hooks()
+        self._optimizer_entry(optimizer)
         self.hook_seconds += time.perf_counter() - t0
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _watching(self) -> bool:
+        """Whether backward passes may be steps: no optimizer step yet."""
+        return not (self._optimizer_stepped or self._closed)
+
+    def _optimizer_entry(self, optimizer: torch.optim.Optimizer) -> None:
+        groups = optimizer.param_groups
+        params = groups[0]["params"]  # one group, the common case: its own list, no copy
+        if len(groups) > 1:
+            params = [p for group in groups for p in group["params"]]
+        plan = self._plans.get(optimizer)
+        if plan is None:
+            plan = self._plans[optimizer] = _Plan(self._optimizers_seen)
+            self._optimizers_seen += 1
+        if len(plan.names) != len(params):  # its first step, or a group was added
+            plan.rename(parameter_names(optimizer, self._roots))
+        if self._listeners:
+            self._notify()
+        replicas = distributed.replica_verdict(optimizer)
+        self._submit(self._entry(plan, params, plan.steps, replicas))
+        plan.steps += 1
+
+    def _modules_plan(self) -> _Plan:
+        """The parameters of the modules that ran forward (rebuilt when another one runs)."""
+        if self._module_plan is None:
+            named = module_parameters(self._roots)
+            self._module_plan = _Plan(None, [n for n, _ in named], [p for _, p in named])
+        return self._module_plan
+
+    def _entry(
+        self,
+        plan: _Plan,
+        params: Sequence[torch.Tensor],
+        step: int,
+        replicas: dict[str, Any] | None = None,
+    ) -> _PendingEntry:
+        """The entry of a step that ends now: the parameters' digests and what came with them."""
+        tensors, keys = params, plan.keys
+        if self.grads:
+            grads = [(k, p.grad) for k, p in zip(plan.keys, params) if p.grad is not None]
+            tensors = [*params, *(g for _, g in grads)]
+            keys = [*keys, *(k for k, _ in grads)]
+        digests = _digest_tensors(tensors, self.algorithm, shards=True)
+        taken: dict[str, Any] = {}
+        if self.rng:
+            taken[RNG] = rng_digests()
+        if replicas is not None:
+            taken[REPLICAS] = replicas
+        pending = _PendingEntry(
+            step, plan.index, digests, keys, len(params), self._logs, self._batches, taken
+        )
+        self._logs, self._batches = {}, []
+        return pending
+
+    def _settle(self) -> None:
+        """The backward pass waiting was a step if the parameters changed since its end."""
+        waiting, self._backward = self._backward, None
+        assert waiting is not None
+        plan = waiting.plan
+        after = _digest_tensors(plan.tensors, self.algorithm, shards=True).hexdigests()
+        if after == waiting.before:
+            self._give_back(waiting)
+            return
+        self._notify()
+        digests = _PendingDigests.of(waiting.algorithm, [*after, *(d for _, d in waiting.grads)])
+        keys = [*plan.keys, *(k for k, _ in waiting.grads)]
+        taken = {RNG: waiting.rng} if waiting.rng is not None else {}
+        entry = _PendingEntry(
+            self._steps, None, digests, keys, len(after), waiting.logs, waiting.batch, taken
+        )
+        self._steps += 1
+        self._submit(entry)
+
+    def _give_back(self, waiting: _Backward | None = None) -> None:
+        """A backward pass that was no step of its own: its batch and logs go to the next."""
+        if waiting is None:
+            waiting, self._backward = self._backward, None
+        if waiting is not None:
+            self._batches[:0] = waiting.batch
+            self._logs = {**waiting.logs, **self._logs}
+
+    def _mark(self) -> None:
+        """The end of a step, as :func:`step` marks it: written now unless already written."""
+        t0 = time.perf_counter()
+        if self._backward is not None:
+            self._settle()  # a hand-written update before step(): that backward pass's step
+        if self._submitted == self._submitted_at_mark:
+            self._notify()
+            plan = self._modules_plan()
+            self._submit(self._entry(plan, plan.tensors, self._steps))
+            self._steps += 1
+        self._submitted_at_mark = self._submitted
+        self.hook_seconds += time.perf_counter() - t0
+
+    def add_step_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener()`` at the end of each step, before its entry is digested.
+
+        The op tracer of a localization replay follows the steps this way, whatever marks them.
+        """
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _remove_forward_hooks(self) -> None:
+        for handle in self._forward_handles:
+            handle.remove()
+        self._forward_handles = []
 
     # -- writing -----------------------------------------------------------------------
 
@@ -204,6 +423,9 @@ class Recorder:
         # Host digests are final now: write at once. Device digests are left to finish while
         # training goes on and written when the next step arrives (or at close), so the
         # record costs no device synchronisation per step.
+        if self._file is None:
+            self._start_file()
+        self._submitted += 1
         if self._waiting is not None:
             self._finish(self._waiting)
             self._waiting = None
@@ -216,18 +438,26 @@ class Recorder:
             self._waiting = pending
 
     def _finish(self, pending: _PendingEntry) -> None:
-        entry = pending.entry
-        digests = pending.digests.hexdigests()
-        for (section, name), digest in zip(pending.names, digests):
-            entry.setdefault(section, {})[name] = digest
-        entry.setdefault(PARAMS, {})
+        digests, keys, n = pending.digests.hexdigests(), pending.keys, pending.params
+        # Written directly, not through json per step: step and optimizer are ints, the
+        # algorithm is one of digests.ALGORITHMS, the names were escaped once per plan.
+        optimizer = "null" if pending.optimizer is None else pending.optimizer
+        parts = [
+            f'{{"{STEP}":{pending.step},"{OPTIMIZER}":{optimizer},'
+            f'"{ALGORITHM}":"{pending.digests.algorithm}"'
+        ]
+        for key, value in pending.taken.items():
+            parts += [f',"{key}":', _encode(value)]
+        parts += [f',"{PARAMS}":{{', _pairs(keys[:n], digests[:n]), "}"]
         if self.grads:
-            entry.setdefault(GRADS, {})
+            parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
         if self.batch:
-            entry[BATCH] = [b.hexdigests() for b in pending.batch]
+            parts += [f',"{BATCH}":', _encode([b.hexdigests() for b in pending.batch])]
         if pending.logs:
-            entry[LOG] = {k: log_value(v, self.algorithm) for k, v in pending.logs.items()}
-        self._write(entry)
+            logged = {k: log_value(v, self.algorithm) for k, v in pending.logs.items()}
+            parts += [f',"{LOG}":', _encode(logged)]
+        parts.append("}\n")
+        self._write_line("".join(parts))
         self.entries += 1
 
     def _start_file(self) -> None:
@@ -259,30 +489,38 @@ class Recorder:
         )
 
     def _write(self, obj: dict[str, Any]) -> None:
-        # One write and a flush per line, in the training thread: a crash right after a
-        # step keeps that step, and leaves at most one partial line, which read_record drops.
+        self._write_line(_encode(obj) + "\n")
+
+    def _write_line(self, line: str) -> None:
+        # One write per line, straight to the file (nothing is buffered, nothing to flush),
+        # in the training thread: a crash right after a step keeps that step, and leaves at
+        # most one partial line, which read_record drops.
         assert self._file is not None
-        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._file.flush()
+        data, fd = line.encode(), self._file.fileno()
+        while data:
+            data = data[os.write(fd, data) :]
 
     # -- public ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Write the entry still in flight, remove the hooks and close the file (idempotent)."""
+        """Write the entries still in flight, remove the hooks and close the file (idempotent)."""
         global _active
         if self._closed:
             return
-        self._closed = True
-        for handle in (*self._handles, self._pre_handle, self._post_handle):
-            if handle is not None:
-                handle.remove()
         try:
+            if self._backward is not None:
+                self._settle()  # the last hand-written update is done
             if self._waiting is not None:
                 self._finish(self._waiting)
                 self._waiting = None
         finally:
+            self._closed = True
+            for handle in (*self._handles, *self._forward_handles):
+                handle.remove()
             if self._file is not None:
                 self._file.close()
+            if self._warning_filter in warnings.filters:
+                warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
             atexit.unregister(self.close)
             if _active is self:
                 _active = None
@@ -311,10 +549,12 @@ def record(
     rng: bool = False,
     algorithm: str | None = None,
 ) -> Recorder:
-    """Start recording every optimizer step of this process to ``path``.
+    """Start recording every training step of this process to ``path``.
 
-    Use it as a context manager, or call it and ``close()`` the result (it is also closed at
-    interpreter exit). The file is overwritten; :mod:`torchrepro.records.format` describes it.
+    Steps are optimizer steps, else backward passes followed by a hand-written update, else
+    the calls of :func:`step` (the module docstring says exactly). Use it as a context
+    manager, or call it and ``close()`` the result (it is also closed at interpreter exit).
+    The file is overwritten; :mod:`torchrepro.records.format` describes it.
 
     Args:
         path: The record file (JSON lines). With WORLD_SIZE > 1 the rank is inserted:
@@ -354,11 +594,11 @@ def record(
 
 
 def log(**values: LogValue) -> bool:
-    """Attach values (a loss, a metric) to the entry of the coming optimizer step.
+    """Attach values (a loss, a metric) to the entry of the coming step.
 
-    Call it before ``optimizer.step()``. Tensors of one element are stored as numbers (read
-    when the entry is written, so no extra device sync); larger tensors as digests. Values
-    logged after the last step of a recording are not written.
+    Call it before ``optimizer.step()`` (or :func:`step`). Tensors of one element are
+    stored as numbers (read when the entry is written, so no extra device sync); larger
+    tensors as digests. Values logged after the last step of a recording are not written.
 
     Returns:
         True if a recording took the values, False if none is active (then it does nothing,
@@ -390,6 +630,42 @@ def log(**values: LogValue) -> bool:
     if _active is None:
         return False
     _active._logs.update(values)
+    return True
+
+
+def step() -> bool:
+    """Mark the end of a training step: the recording writes its entry now.
+
+    For a loop the recorder cannot see by itself: no optimizer and no backward pass (an
+    update computed in closed form, an evolution strategy), or steps of your own choosing.
+    The entry holds the parameters of the modules that ran forward (by module path), their
+    gradients if recorded, the batch, the RNG digests and the values given to :func:`log`
+    since the last step (log the tensors you update without a module). If an optimizer
+    step or a backward pass followed by a hand-written update already wrote this step's
+    entry (since the last call), nothing more is written: no step is written twice.
+
+    Returns:
+        True if a recording took the step, False if none is active (then it does nothing,
+        so training scripts may call it unconditionally).
+
+    Example:
+        >>> step()  # no recording active: nothing happens
+        False
+        >>> model = torch.nn.Linear(2, 1)
+        >>> with record("run.jsonl") as recorder, torch.no_grad():
+        ...     for _ in range(3):
+        ...         _ = model.weight.mul_(model(torch.ones(1, 2)).tanh())
+        ...         _ = step()
+        >>> recorder.entries
+        3
+        >>> from torchrepro.records import read_record
+        >>> entry = read_record("run.jsonl").entries[2]
+        >>> entry["step"], entry["optimizer"], sorted(entry["params"])
+        (2, None, ['bias', 'weight'])
+    """
+    if _active is None:
+        return False
+    _active._mark()
     return True
 
 
