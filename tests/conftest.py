@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import torchrepro
-import torchrepro.records.writer as record_writer
+from torchrepro.records import recording
 
 # torch.use_deterministic_algorithms imports torch._inductor on first use. Import it once
 # here, outside any test: an import that fails half-way inside a test (a warning turned
@@ -37,7 +37,7 @@ def _restore_global_state() -> Iterator[None]:
         yield
     os.environ.clear()
     os.environ.update(environ)
-    active = record_writer._active
+    active = recording.active()
     if active is not None:
         active.close()
     assert active is None, "a test left a recording open"

@@ -121,7 +121,7 @@ def bootstrap() -> None:
 
         tracer = start_trace_from_env()
     if os.environ.get(_contract.RECORD):
-        from torchrepro.records.writer import start_from_env
+        from torchrepro.records.recording import start_from_env
 
         recorder = start_from_env()
         if tracer is not None and recorder is not None:

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from torchrepro.records.files import rank_path
@@ -38,7 +39,8 @@ from torchrepro.records.format import FORMAT, SCHEMA_VERSION, Record, read_recor
 from torchrepro.records.tail import RecordTail
 
 if TYPE_CHECKING:
-    from torchrepro.records.writer import Recorder, log, record, start_from_env, step
+    from torchrepro.records.recording import log, record, start_from_env, step
+    from torchrepro.records.writer import Recorder
 
 __all__ = [
     "FORMAT",
@@ -54,13 +56,18 @@ __all__ = [
     "step",
 ]
 
-_WRITER = ("Recorder", "log", "record", "start_from_env", "step")
+# The writer needs torch; importing it only when asked keeps the reader torch-free.
+_WRITER = {
+    "Recorder": "writer",
+    "log": "recording",
+    "record": "recording",
+    "start_from_env": "recording",
+    "step": "recording",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The writer needs torch; importing it only when asked keeps the reader torch-free.
-    if name in _WRITER:
-        from torchrepro.records import writer
-
-        return getattr(writer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    owner = _WRITER.get(name)
+    if owner is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{owner}"), name)

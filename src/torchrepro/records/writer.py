@@ -36,10 +36,10 @@ batch is not recorded.
 Example:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> with record("run.jsonl", rng=True) as recorder:
+    >>> with torchrepro.record("run.jsonl", rng=True) as recorder:
     ...     for _ in range(2):
     ...         loss = model(torch.ones(1, 2)).sum()
-    ...         _ = log(loss=loss)
+    ...         _ = torchrepro.log(loss=loss)
     ...         opt.zero_grad(); loss.backward(); opt.step()
     >>> recorder
     <Recorder 'run.jsonl' closed, 2 entries>
@@ -58,7 +58,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -74,34 +73,25 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import _contract, distributed
 from torchrepro.digests import _digest_tensors, _PendingDigests
 from torchrepro.env import environment
-from torchrepro.errors import RecordError
 from torchrepro.records._capture import (
     LogValue,
-    log_value,
     module_parameters,
     parameter_names,
     rng_digests,
     tensors_in,
     unwrapped,
 )
+from torchrepro.records._entries import Backward, PendingEntry, Plan, entry_line
 from torchrepro.records.files import claim_record, rank_path, this_process
 from torchrepro.records.format import (
-    ALGORITHM,
     BATCH,
     GRADS,
-    LOG,
-    OPTIMIZER,
-    OPTIONS,
-    PARAMS,
     REPLICAS,
     RNG,
-    STEP,
     header,
 )
 
-__all__ = ["LogValue", "Recorder", "log", "record", "start_from_env", "step"]
-
-_active: Recorder | None = None
+__all__ = ["LogValue", "Recorder"]
 
 # True while dynamo traces a function (torch >= 2.3 names it in torch.compiler).
 _is_compiling: Callable[[], bool] = getattr(
@@ -112,53 +102,6 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 # OptimizedModule warns that global hooks fire once more for it: the recorder expects that
 # (the wrapper is the outermost call, and it is named through the model it wraps).
 _COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
-
-
-@dataclass
-class _Plan:
-    """A set of parameters as entries write them: names, and their JSON keys escaped once."""
-
-    index: int | None  # the optimizer's index; None: the parameters of the modules that ran
-    names: list[str] = field(default_factory=list)
-    tensors: list[torch.Tensor] = field(default_factory=list)  # only when index is None
-    keys: list[str] = field(init=False)  # '"fc.weight":"', to be followed by a digest
-    steps: int = 0
-
-    def __post_init__(self) -> None:
-        self.rename(self.names)
-
-    def rename(self, names: list[str]) -> None:
-        self.names = names
-        self.keys = [json.dumps(name) + ':"' for name in names]
-
-
-@dataclass
-class _PendingEntry:
-    step: int
-    optimizer: int | None
-    digests: _PendingDigests  # the parameters, then the gradients
-    keys: list[str]  # the JSON key of each digest
-    params: int  # how many of the digests are parameters
-    logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
-    taken: dict[str, Any]  # rng and replicas, when taken
-
-
-@dataclass
-class _Backward:
-    """A backward pass that may have been a step, until the parameters say whether."""
-
-    plan: _Plan
-    before: list[str]  # the parameters' digests as the backward pass ended
-    grads: list[tuple[str, str]]  # (key, digest) of each gradient
-    algorithm: str
-    rng: dict[str, str] | None
-    logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
-
-
-def _pairs(keys: Sequence[str], digests: Sequence[str]) -> str:
-    return ",".join([key + digest + '"' for key, digest in zip(keys, digests)])
 
 
 class Recorder:
@@ -187,13 +130,13 @@ class Recorder:
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
         self.hook_seconds = 0.0
-        self._plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Plan] = (
+        self._plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, Plan] = (
             weakref.WeakKeyDictionary()
         )
         self._optimizers_seen = 0
         # The outermost modules that ran forward: they name the parameters.
         self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
-        self._module_plan: _Plan | None = None  # the roots' parameters; None: roots changed
+        self._module_plan: Plan | None = None  # the roots' parameters; None: roots changed
         self._logs: dict[str, LogValue] = {}
         self._batches: list[_PendingDigests] = []
         self._depth = 0
@@ -202,10 +145,10 @@ class Recorder:
         self._compiled = False  # a torch.compile wrapper ran: its graphs guard on our hooks
         self._submitted = 0  # entries handed to _submit, written or waiting for the device
         self._submitted_at_mark = 0  # ... when step() was last called
-        self._backward: _Backward | None = None
+        self._backward: Backward | None = None
         self._graph_task = -1  # the backward pass whose end is already awaited
         self._listeners: list[Callable[[], None]] = []
-        self._waiting: _PendingEntry | None = None
+        self._waiting: PendingEntry | None = None
         self._closed = False
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +224,7 @@ class Recorder:
         )
         done = list(digests.hexdigests())  # compared when the next module call starts
         n = len(plan.tensors)
-        self._backward = _Backward(
+        self._backward = Backward(
             plan,
             done[:n],
             [(k, d) for (k, _), d in zip(grads, done[n:])],
@@ -319,7 +262,7 @@ class Recorder:
             params = [p for group in groups for p in group["params"]]
         plan = self._plans.get(optimizer)
         if plan is None:
-            plan = self._plans[optimizer] = _Plan(self._optimizers_seen)
+            plan = self._plans[optimizer] = Plan(self._optimizers_seen)
             self._optimizers_seen += 1
         if len(plan.names) != len(params):  # its first step, or a group was added
             plan.rename(parameter_names(optimizer, self._roots))
@@ -329,20 +272,20 @@ class Recorder:
         self._submit(self._entry(plan, params, plan.steps, replicas))
         plan.steps += 1
 
-    def _modules_plan(self) -> _Plan:
+    def _modules_plan(self) -> Plan:
         """The parameters of the modules that ran forward (rebuilt when another one runs)."""
         if self._module_plan is None:
             named = module_parameters(self._roots)
-            self._module_plan = _Plan(None, [n for n, _ in named], [p for _, p in named])
+            self._module_plan = Plan(None, [n for n, _ in named], [p for _, p in named])
         return self._module_plan
 
     def _entry(
         self,
-        plan: _Plan,
+        plan: Plan,
         params: Sequence[torch.Tensor],
         step: int,
         replicas: dict[str, Any] | None = None,
-    ) -> _PendingEntry:
+    ) -> PendingEntry:
         """The entry of a step that ends now: the parameters' digests and what came with them."""
         tensors, keys = params, plan.keys
         if self.grads:
@@ -355,7 +298,7 @@ class Recorder:
             taken[RNG] = rng_digests()
         if replicas is not None:
             taken[REPLICAS] = replicas
-        pending = _PendingEntry(
+        pending = PendingEntry(
             step, plan.index, digests, keys, len(params), self._logs, self._batches, taken
         )
         self._logs, self._batches = {}, []
@@ -374,13 +317,13 @@ class Recorder:
         digests = _PendingDigests.of(waiting.algorithm, [*after, *(d for _, d in waiting.grads)])
         keys = [*plan.keys, *(k for k, _ in waiting.grads)]
         taken = {RNG: waiting.rng} if waiting.rng is not None else {}
-        entry = _PendingEntry(
+        entry = PendingEntry(
             self._steps, None, digests, keys, len(after), waiting.logs, waiting.batch, taken
         )
         self._steps += 1
         self._submit(entry)
 
-    def _give_back(self, waiting: _Backward | None = None) -> None:
+    def _give_back(self, waiting: Backward | None = None) -> None:
         """A backward pass that was no step of its own: its batch and logs go to the next."""
         if waiting is None:
             waiting, self._backward = self._backward, None
@@ -419,7 +362,7 @@ class Recorder:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _submit(self, pending: _PendingEntry) -> None:
+    def _submit(self, pending: PendingEntry) -> None:
         # Host digests are final now: write at once. Device digests are left to finish while
         # training goes on and written when the next step arrives (or at close), so the
         # record costs no device synchronisation per step.
@@ -437,27 +380,8 @@ class Recorder:
                 b.start_transfer()
             self._waiting = pending
 
-    def _finish(self, pending: _PendingEntry) -> None:
-        digests, keys, n = pending.digests.hexdigests(), pending.keys, pending.params
-        # Written directly, not through json per step: step and optimizer are ints, the
-        # algorithm is one of digests.ALGORITHMS, the names were escaped once per plan.
-        optimizer = "null" if pending.optimizer is None else pending.optimizer
-        parts = [
-            f'{{"{STEP}":{pending.step},"{OPTIMIZER}":{optimizer},'
-            f'"{ALGORITHM}":"{pending.digests.algorithm}"'
-        ]
-        for key, value in pending.taken.items():
-            parts += [f',"{key}":', _encode(value)]
-        parts += [f',"{PARAMS}":{{', _pairs(keys[:n], digests[:n]), "}"]
-        if self.grads:
-            parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
-        if self.batch:
-            parts += [f',"{BATCH}":', _encode([b.hexdigests() for b in pending.batch])]
-        if pending.logs:
-            logged = {k: log_value(v, self.algorithm) for k, v in pending.logs.items()}
-            parts += [f',"{LOG}":', _encode(logged)]
-        parts.append("}\n")
-        self._write_line("".join(parts))
+    def _finish(self, pending: PendingEntry) -> None:
+        self._write_line(entry_line(pending, self.grads, self.batch, self.algorithm))
         self.entries += 1
 
     def _start_file(self) -> None:
@@ -504,7 +428,6 @@ class Recorder:
 
     def close(self) -> None:
         """Write the entries still in flight, remove the hooks and close the file (idempotent)."""
-        global _active
         if self._closed:
             return
         try:
@@ -522,8 +445,19 @@ class Recorder:
             if self._warning_filter in warnings.filters:
                 warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
             atexit.unregister(self.close)
-            if _active is self:
-                _active = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
+
+    def log(self, values: dict[str, LogValue]) -> None:
+        """Attaches values to the entry of the coming step (see :func:`~torchrepro.log`)."""
+        self._logs.update(values)
+
+    def mark_step(self) -> None:
+        """Ends a step here (see :func:`~torchrepro.step`)."""
+        self._mark()
 
     def __enter__(self) -> Recorder:
         return self
@@ -539,168 +473,3 @@ class Recorder:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "recording"
         return f"<Recorder {str(self.path)!r} {state}, {self.entries} entries>"
-
-
-def record(
-    path: str | os.PathLike[str],
-    *,
-    grads: bool = False,
-    batch: bool = False,
-    rng: bool = False,
-    algorithm: str | None = None,
-) -> Recorder:
-    """Start recording every training step of this process to ``path``.
-
-    Steps are optimizer steps, else backward passes followed by a hand-written update, else
-    the calls of :func:`step` (the module docstring says exactly). Use it as a context
-    manager, or call it and ``close()`` the result (it is also closed at interpreter exit).
-    The file is overwritten; :mod:`torchrepro.records.format` describes it.
-
-    Args:
-        path: The record file (JSON lines). With WORLD_SIZE > 1 the rank is inserted:
-            ``run.jsonl`` -> ``run.rank{r}.jsonl``.
-        grads: Also digest each parameter's gradient.
-        batch: Also digest the tensors passed to the outermost module call(s) of each step
-            (positional arguments).
-        rng: Also digest, after each step, the state of every RNG source in use: Python,
-            numpy, torch, CUDA/MPS/XPU once the training uses them, and the generators
-            registered with :func:`torchrepro.register_generator`.
-        algorithm: Digest algorithm (see :func:`torchrepro.fingerprint`); ``"lanes"`` on a
-            CPU run makes its record comparable with a CUDA run's.
-
-    Returns:
-        The running :class:`Recorder`.
-
-    Raises:
-        RecordError: if a recording is already active in this process.
-
-    Example:
-        >>> model = torch.nn.Linear(2, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> with record("run.jsonl", grads=True) as recorder:
-        ...     for _ in range(2):
-        ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
-        >>> recorder.entries, recorder.path.read_text().count("\\n")
-        (2, 3)
-    """
-    global _active
-    if _active is not None:
-        raise RecordError(
-            f"a recording to {str(_active.path)!r} is already active; expected none. "
-            "Close it (recorder.close() or leave its with-block) before starting another."
-        )
-    _active = Recorder(path, grads=grads, batch=batch, rng=rng, algorithm=algorithm)
-    return _active
-
-
-def log(**values: LogValue) -> bool:
-    """Attach values (a loss, a metric) to the entry of the coming step.
-
-    Call it before ``optimizer.step()`` (or :func:`step`). Tensors of one element are
-    stored as numbers (read when the entry is written, so no extra device sync); larger
-    tensors as digests. Values logged after the last step of a recording are not written.
-
-    Returns:
-        True if a recording took the values, False if none is active (then it does nothing,
-        so training scripts may call it unconditionally).
-
-    Raises:
-        RecordError: for a value that is not a number, string or tensor.
-
-    Example:
-        >>> log(loss=0.5)  # no recording active: nothing happens
-        False
-        >>> model = torch.nn.Linear(2, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> with record("run.jsonl"):
-        ...     loss = model(torch.ones(1, 2)).sum()
-        ...     log(loss=loss, lr=0.1)
-        ...     opt.zero_grad(); loss.backward(); opt.step()
-        True
-        >>> from torchrepro.records import read_record
-        >>> sorted(read_record("run.jsonl").entries[0]["log"])
-        ['loss', 'lr']
-    """
-    for key, value in values.items():
-        if not isinstance(value, (int, float, bool, str, torch.Tensor)):
-            raise RecordError(
-                f"log({key}=...) got {type(value).__name__}; expected a number, string or "
-                "tensor. Pass e.g. loss.item() or the loss tensor itself."
-            )
-    if _active is None:
-        return False
-    _active._logs.update(values)
-    return True
-
-
-def step() -> bool:
-    """Mark the end of a training step: the recording writes its entry now.
-
-    For a loop the recorder cannot see by itself: no optimizer and no backward pass (an
-    update computed in closed form, an evolution strategy), or steps of your own choosing.
-    The entry holds the parameters of the modules that ran forward (by module path), their
-    gradients if recorded, the batch, the RNG digests and the values given to :func:`log`
-    since the last step (log the tensors you update without a module). If an optimizer
-    step or a backward pass followed by a hand-written update already wrote this step's
-    entry (since the last call), nothing more is written: no step is written twice.
-
-    Returns:
-        True if a recording took the step, False if none is active (then it does nothing,
-        so training scripts may call it unconditionally).
-
-    Example:
-        >>> step()  # no recording active: nothing happens
-        False
-        >>> model = torch.nn.Linear(2, 1)
-        >>> with record("run.jsonl") as recorder, torch.no_grad():
-        ...     for _ in range(3):
-        ...         _ = model.weight.mul_(model(torch.ones(1, 2)).tanh())
-        ...         _ = step()
-        >>> recorder.entries
-        3
-        >>> from torchrepro.records import read_record
-        >>> entry = read_record("run.jsonl").entries[2]
-        >>> entry["step"], entry["optimizer"], sorted(entry["params"])
-        (2, None, ['bias', 'weight'])
-    """
-    if _active is None:
-        return False
-    _active._mark()
-    return True
-
-
-def start_from_env() -> Recorder | None:
-    """Start recording if ``TORCHREPRO_RECORD`` names a file; the ``run`` bootstrap calls it.
-
-    ``TORCHREPRO_RECORD_WITH`` is a comma list of options to switch on (``grads,batch,rng``)
-    and ``TORCHREPRO_RECORD_ALGORITHM`` picks the digest algorithm.
-
-    Returns:
-        The Recorder (closed at interpreter exit), or None when the variable is unset.
-
-    Example:
-        >>> os.environ["TORCHREPRO_RECORD"] = "run.jsonl"
-        >>> os.environ["TORCHREPRO_RECORD_WITH"] = "grads,rng"
-        >>> recorder = start_from_env()
-        >>> recorder, recorder.grads, recorder.batch
-        (<Recorder 'run.jsonl' recording, 0 entries>, True, False)
-        >>> recorder.close()
-    """
-    path = os.environ.get(_contract.RECORD)
-    if not path:
-        return None
-    raw = os.environ.get(_contract.RECORD_WITH, "")
-    chosen = {item.strip() for item in raw.split(",") if item.strip()}
-    unknown = chosen - set(OPTIONS)
-    if unknown:
-        raise RecordError(
-            f"{_contract.RECORD_WITH}={raw!r} names {sorted(unknown)}; expected a comma list "
-            f"of {list(OPTIONS)}. Fix the variable or unset it."
-        )
-    return record(
-        path,
-        grads=GRADS in chosen,
-        batch=BATCH in chosen,
-        rng=RNG in chosen,
-        algorithm=os.environ.get(_contract.RECORD_ALGORITHM) or None,
-    )
