@@ -3,7 +3,7 @@
 STEPS: optimizer steps (default 6). PLANT_NOISE_STEP=k with PLANT_NOISE_RANK=r: rank r adds
 os.urandom noise to its input batch at step k. SHARDS_OUT=dir: each rank writes the
 digests of its local shards after training to dir/shards{rank}.json. The script does not
-call destroy_process_group: on gloo that aborts at exit in some tries (FIELD.md).
+call destroy_process_group: on gloo that aborts at exit in some tries.
 """
 
 from __future__ import annotations
