@@ -18,7 +18,7 @@ import importlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.1.0"
 
 # name -> the module that owns it
 _PUBLIC = {
