@@ -199,3 +199,12 @@ def test_check_compares_lightning_ddp_rank_by_rank_from_each_ranks_own_record(
     assert report.steps_compared == 14
     records = sorted(path.name for path in tmp_path.glob("*.jsonl"))
     assert records == [f"run{n}.rank{r}.jsonl" for n in (1, 2) for r in (0, 1)]
+
+
+@needs("pytorch_lightning")
+def test_check_finds_noise_planted_in_lightning_ddp_at_its_step() -> None:
+    env = check_env(DEVICES="2", PLANT_NOISE_STEP=str(NOISE_STEP))
+    report = check_command(LIGHTNING, seed=3, env=env, localize=False, timeout=300)
+    assert report.verdict == "diverged", report.render()
+    assert report.divergence is not None and report.divergence.step == NOISE_STEP
+    assert report.divergence.rank is not None  # compared rank by rank
