@@ -1,17 +1,16 @@
 """RNG states as plain data: capture, restore, save and load every random stream.
 
 Example:
-    >>> state = capture_rng()
-    >>> first = torch.rand(3)
-    >>> restore_rng(state)
-    >>> torch.equal(torch.rand(3), first)
+    >>> saved = save_rng("rng.pt")          # a file torch.load(weights_only=True) reads
+    >>> first = np.random.rand()
+    >>> restore_rng(load_rng("rng.pt"))
+    >>> np.random.rand() == first
     True
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +22,6 @@ from torchrepro._sources import RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
 from torchrepro.state import _container
 from torchrepro.state._container import SCHEMA_VERSION
-
-log = logging.getLogger("torchrepro")
-
 
 RNG_FORMAT = "torchrepro.rng"
 

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -24,9 +23,6 @@ from torchrepro.errors import StateError
 from torchrepro.state import _container
 from torchrepro.state._container import SCHEMA_VERSION
 from torchrepro.state.rng import RNGState, apply_restore, capture_rng, plan_restore
-
-log = logging.getLogger("torchrepro")
-
 
 STATE_FORMAT = "torchrepro.state"
 
