@@ -26,7 +26,14 @@ from torch.utils._pytree import tree_flatten
 from torchrepro import _contract
 from torchrepro._files import atomic_text_writer
 from torchrepro.digests import _digest_tensors
-from torchrepro.localize import OUTSIDE, TRACE_FORMAT, trace_event
+from torchrepro.localize import (
+    OUTSIDE,
+    TRACE_FORMAT,
+    UNINITIALIZED,
+    UNINITIALIZED_OPS,
+    op_base_name,
+    trace_event,
+)
 from torchrepro.records.files import process_argv
 
 __all__ = ["StepTrace", "start_trace_from_env"]
@@ -50,14 +57,47 @@ def _innermost(parents: Iterable[str]) -> str:
     return rest or root
 
 
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr() or None
+    except (RuntimeError, NotImplementedError):  # sparse, nested, meta: no plain storage
+        return None
+
+
+def _written(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors an op writes into (in-place ``self``, ``out=``): from its schema."""
+    schema = getattr(func, "_schema", None)
+    found: list[torch.Tensor] = []
+    for i, argument in enumerate(getattr(schema, "arguments", ())):
+        info = argument.alias_info
+        if info is None or not info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(argument.name)
+        found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+    return found
+
+
 class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Digests every op's tensor inputs and outputs while active."""
+    """Digests every op's tensor inputs and outputs while active.
+
+    Memory no op has written yet (the output of ``empty`` and its kin) holds whatever was
+    there before: it is digested as :data:`~torchrepro.localize.UNINITIALIZED`, so it
+    compares equal, until an op writes into it (``bernoulli_`` into ``empty_like``'s
+    output, an ``out=`` argument). An op that reads such memory is noted in its event.
+    """
 
     def __init__(self, tracker: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.tracker = tracker
         self.events: list[dict[str, Any]] = []
         self.pid = os.getpid()
+        self.unwritten: dict[int, str] = {}  # storage -> the op that made it, while unwritten
+
+    def _digests(self, tensors: list[torch.Tensor]) -> list[str]:
+        storages = [_storage(t) for t in tensors]
+        known = [t for t, s in zip(tensors, storages) if s not in self.unwritten]
+        digests = iter(_digest_tensors(known, None).hexdigests() if known else [])
+        return [UNINITIALIZED if s in self.unwritten else next(digests) for s in storages]
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
@@ -66,16 +106,38 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         if os.getpid() != self.pid:  # a DataLoader worker forked while tracing
             return func(*args, **kwargs)
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        written = _written(func, args, kwargs)
+        written_ids = {id(t) for t in written}
         # Digest inputs before the call: an in-place op overwrites them.
-        before = _digest_tensors(inputs, None).hexdigests() if inputs else []
+        before = self._digests(inputs)
+        read = [
+            self.unwritten[s]
+            for t in inputs
+            if id(t) not in written_ids and (s := _storage(t)) in self.unwritten
+        ]
         out = func(*args, **kwargs)
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        after = _digest_tensors(outputs, None).hexdigests() if outputs else []
+        name = str(func)
+        for t in written:
+            self.unwritten.pop(_storage(t) or 0, None)
+        input_storages = {_storage(t) for t in inputs}
+        for t in outputs:
+            storage = _storage(t)
+            if storage is None or storage in input_storages:
+                continue  # a view of an input: as written as the input is
+            if op_base_name(name) in UNINITIALIZED_OPS:
+                self.unwritten[storage] = name
+            else:
+                self.unwritten.pop(storage, None)  # computed into memory freed and reused
+        after = self._digests(outputs)
         tracker = self.tracker
         backward = torch._C._current_graph_task_id() != -1
         module = _innermost(tracker.parents) if tracker is not None else OUTSIDE
         phase = "backward" if backward else "forward"
-        self.events.append(trace_event(str(func), module, phase, before, after))
+        event = trace_event(name, module, phase, before, after)
+        if read:
+            event["unwritten"] = read[0]
+        self.events.append(event)
         return out
 
 
@@ -87,6 +149,7 @@ class StepTrace:
         self.steps_seen = 0
         self.tracker = _module_tracker()
         self.tracer: _Tracer | None = None
+        self.done = False
         self.handle = register_optimizer_step_post_hook(self._on_step)
         if step == 0:
             self._start()
@@ -110,13 +173,17 @@ class StepTrace:
         self._on_boundary()
 
     def _on_boundary(self) -> None:
+        if self.done:
+            return
         self.steps_seen += 1
         if self.tracer is not None:
             tracer, self.tracer = self.tracer, None
             tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             if self.tracker is not None:
                 self.tracker.__exit__(None, None, None)
-            self.handle.remove()
+            # Not removed here: this may run inside the optimizer's post-hooks, whose dict
+            # may not change while they are called. A hook left behind costs a compare.
+            self.done = True
             _write_trace(self.path, self.step, tracer.events)
         elif self.steps_seen == self.step:
             self._start()

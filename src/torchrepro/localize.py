@@ -6,10 +6,12 @@ tracer on (:mod:`torchrepro._tracer`, started by the ``torchrepro run`` bootstra
 step ``s - 1`` to the end of step ``s`` it sees every ATen op and writes a trace: a header
 line ``{"format": "torchrepro-trace", "step": s}``, then one :func:`trace_event` per op:
 its name, the module it ran in (forward, or backward), and exact digests of its tensor
-inputs and outputs. :func:`first_difference` then walks the two traces side by side: the culprit
-is the first op whose output differs while its inputs matched. If an op's inputs differ
-before any op went wrong, the difference came from outside torch's ops (numpy, Python,
-I/O, another process), and the op and module that first received it are named.
+inputs and outputs; memory no op had written yet is digested as :data:`UNINITIALIZED`, and
+an op that read such memory has ``"unwritten"``: the op that made it.
+:func:`first_difference` then walks the two traces side by side: the culprit is the first
+op whose computed output differs while its inputs matched. If an op's inputs differ before
+any op went wrong, the difference came from outside torch's ops (numpy, Python, I/O,
+another process), and the first op that computed with it, and its module, are named.
 
 This module reads traces and imports no torch, so the launching process of
 ``torchrepro check`` uses it.
@@ -36,7 +38,10 @@ from torchrepro.errors import RecordError
 __all__ = [
     "NONDETERMINISTIC_OPS",
     "OUTSIDE",
+    "RANDOM_OPS",
     "TRACE_FORMAT",
+    "UNINITIALIZED",
+    "UNINITIALIZED_OPS",
     "Localization",
     "first_difference",
     "op_base_name",
@@ -46,6 +51,44 @@ __all__ = [
 
 TRACE_FORMAT = "torchrepro-trace"
 OUTSIDE = "(outside any module)"
+UNINITIALIZED = "uninitialized"
+"""The digest a trace gives memory that no op has written yet: it compares equal."""
+
+# Ops that return memory as they found it, by op base name: never blamed for its contents.
+UNINITIALIZED_OPS = frozenset(
+    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
+)
+
+# Ops that draw from an RNG, by op base name: from identical inputs they give a different
+# output exactly when the generator's state differs.
+RANDOM_OPS = frozenset(
+    {
+        "bernoulli",
+        "bernoulli_",
+        "normal",
+        "normal_",
+        "uniform_",
+        "exponential_",
+        "geometric_",
+        "log_normal_",
+        "cauchy_",
+        "random_",
+        "rand",
+        "rand_like",
+        "randn",
+        "randn_like",
+        "randint",
+        "randint_like",
+        "randperm",
+        "multinomial",
+        "poisson",
+        "native_dropout",
+        "_fused_dropout",
+        "rrelu_with_noise",
+        "_standard_gamma",
+        "_sample_dirichlet",
+    }
+)
 
 # ATen ops whose CUDA kernels are nondeterministic (atomics) or have no deterministic
 # implementation, by op base name; from PyTorch's use_deterministic_algorithms docs.
@@ -109,6 +152,37 @@ NONDETERMINISTIC_OPS = frozenset(
         "_scaled_dot_product_efficient_attention_backward",
         "_scaled_dot_product_flash_attention_backward",
         "_scaled_dot_product_cudnn_attention_backward",
+    }
+)
+
+
+# Ops that only hand a value on (wrap, alias, view, copy, cast): the op named as receiving
+# a value made outside torch's ops is the first that computes with it.
+PASSTHROUGH_OPS = frozenset(
+    {
+        "lift_fresh",
+        "lift_fresh_copy",
+        "lift",
+        "alias",
+        "detach",
+        "clone",
+        "_to_copy",
+        "to",
+        "contiguous",
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "expand",
+        "t",
+        "transpose",
+        "permute",
+        "unsqueeze",
+        "squeeze",
+        "select",
+        "slice",
+        "as_strided",
+        "_reshape_alias",
+        "copy_",
     }
 )
 
@@ -179,6 +253,8 @@ class Localization:
 
     Attributes:
         kind: ``"op"`` (an op computed a different output from the same inputs),
+            ``"uninitialized"`` (an op read memory no op had written, and its output
+            differs),
             ``"input"`` (an op's inputs already differed: the difference came from outside
             torch's ops), ``"control-flow"`` (the runs executed different ops),
             ``"length"`` (one run executed more ops) or ``"none"`` (traces identical).
@@ -188,6 +264,10 @@ class Localization:
         index: Position of the op in the traced step.
         nondeterministic_ops: Ops with nondeterministic CUDA kernels that ran in that module
             during the step.
+        random: The op draws random numbers: its output differs because the generator's
+            state did.
+        source_op: For ``"uninitialized"``, the op that made the memory (``aten.empty...``).
+        rank: The rank whose traces these are, under torchrun; None for one process.
     """
 
     kind: str
@@ -198,14 +278,29 @@ class Localization:
     other_op: str | None = None
     other_module: str | None = None
     nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
+    random: bool = False
+    source_op: str | None = None
+    rank: int | None = None
 
     def describe(self) -> str:
         """One line for the report."""
         where = f"{self.module} ({self.phase})"
+        if self.rank is not None:
+            where = f"rank {self.rank}: {where}"
+        if self.kind == "op" and self.random:
+            return (
+                f"{where}: {self.op} drew different random numbers from identical inputs "
+                f"(op #{self.index} of the step): the generator's state differed"
+            )
         if self.kind == "op":
             return (
                 f"{where}: {self.op} gave a different output from identical inputs "
                 f"(op #{self.index} of the step)"
+            )
+        if self.kind == "uninitialized":
+            return (
+                f"{where}: {self.op} read memory that no op had written (made by "
+                f"{self.source_op}) and gave a different output (op #{self.index} of the step)"
             )
         if self.kind == "input":
             return (
@@ -242,16 +337,31 @@ def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -
         >>> print(first_difference(a, b).describe())  # doctest: +ELLIPSIS
         layer3.0 (forward): the inputs of aten.add.Tensor already differed (op #0); they ...
     """
-    for index, (x, y) in enumerate(zip(a, b)):
+    pairs = list(enumerate(zip(a, b)))
+    for index, (x, y) in pairs:
+        if x["op"] == y["op"] and x["in"] != y["in"]:
+            # Values from outside: named where first computed with, past wrapping and views.
+            index, (x, y) = next(
+                (
+                    (i, (p, q))
+                    for i, (p, q) in pairs[index:]
+                    if p["op"] == q["op"]
+                    and p["in"] != q["in"]
+                    and op_base_name(p["op"]) not in PASSTHROUGH_OPS
+                ),
+                (index, (x, y)),
+            )
         if x["op"] != y["op"]:
             kind, op, other = "control-flow", x["op"], y["op"]
         elif x["in"] != y["in"]:
             kind, op, other = "input", x["op"], None
         elif x["out"] != y["out"]:
-            kind, op, other = "op", x["op"], None
+            kind, op, other = ("uninitialized" if "unwritten" in x else "op"), x["op"], None
         else:
             continue
         return Localization(
+            random=kind == "op" and op_base_name(op) in RANDOM_OPS,
+            source_op=x.get("unwritten") if kind == "uninitialized" else None,
             kind=kind,
             op=op,
             other_op=other,

@@ -292,9 +292,7 @@ class Session:
                         found.append((run, place, missing_in.outcome.index))
         return found
 
-    def _reached(
-        self, base: Run, others: Sequence[Run], pairs: Sequence[Pair], limit: int
-    ) -> bool:
+    def _reached(self, base: Run, others: Sequence[Run], pairs: Sequence[Pair], limit: int) -> bool:
         if others:
             return bool(pairs) and all(pair.compared >= limit for pair in pairs)
         processes = base.tail.processes  # a run on its own (the first of a sequential check)

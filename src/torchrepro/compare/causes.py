@@ -142,7 +142,7 @@ def diagnose(
             the manifests (unknown without them).
 
     Example:
-        >>> diagnose(["batch[0][0]"], seeded=False)[0]
+        >>> diagnose(["batch[0] (4x8 float32)"], seeded=False)[0]
         'the data differs before the model sees it: data order or augmentation'
         >>> for cause in diagnose(["grads.fc.weight"], deterministic=False):
         ...     print(cause)

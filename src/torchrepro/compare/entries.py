@@ -1,10 +1,11 @@
 """One comparison of two record entries, used by ``torchrepro diff`` and ``check`` alike.
 
 Example:
-    >>> a = {"step": 3, "optimizer": 0, "batch": [["b0"]], "params": {"w": "aa"}}
-    >>> found = compare_entries(a, {**a, "batch": [["b1"]], "params": {"w": "ab"}})
+    >>> a = {"step": 3, "optimizer": 0, "batch": [{"[1] (32 int64)": "b0"}], "params": {"w": "a"}}
+    >>> b = {**a, "batch": [{"[1] (32 int64)": "b1"}], "params": {"w": "b"}}
+    >>> found = compare_entries(a, b)
     >>> found.keys, found.section, describe_difference(found.keys)
-    (('batch[0][0]', 'params.w'), 'batch', 'the input batch (batch[0][0])')
+    (('batch[1] (32 int64)', 'params.w'), 'batch', 'the input batch: batch[1] (32 int64)')
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class EntryDifference:
     """What differs between two entries of the same position in two records.
 
     Attributes:
-        keys: The values that differ (``"params.fc.weight"``, ``"batch[0][0]"``), in
+        keys: The values that differ (``"params.fc.weight"``, ``"batch[1] (32 int64)"``), in
             causal order; ``("steps",)`` when the entries are of different steps or
             optimizers.
         rank: Under torchrun, the rank whose difference comes first in causal order (its
@@ -133,8 +134,12 @@ def describe_difference(keys: Sequence[str]) -> str:
     if not keys:
         return "the runs recorded a different number of steps"
     key, section = keys[0], section_of(keys[0])
-    if section in (BATCH, STEPS):
+    if section == STEPS:
         return f"{_SECTION_WORDS[section]} ({key})"
+    if section == BATCH:
+        batch = [k for k in keys if section_of(k) == BATCH]
+        more = f" (+{len(batch) - 1} more)" if len(batch) > 1 else ""
+        return f"{_SECTION_WORDS[section]}: {key}{more}"
     name = key.split(".", 1)[1] if "." in key else key
     more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
     return f"{_SECTION_WORDS.get(section, section)} of {name}{more}"

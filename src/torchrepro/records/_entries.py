@@ -22,7 +22,7 @@ from torchrepro.digests import _PendingDigests
 from torchrepro.records._capture import LogValue, log_value
 from torchrepro.records.format import ALGORITHM, BATCH, GRADS, LOG, OPTIMIZER, PARAMS, STEP
 
-__all__ = ["Backward", "PendingEntry", "Plan", "entry_line"]
+__all__ = ["Backward", "Batch", "PendingEntry", "Plan", "entry_line"]
 
 # One encoder for every line, not one per json.dumps call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -47,6 +47,17 @@ class Plan:
 
 
 @dataclass
+class Batch:
+    """One batch a step trained on: its tensors' labels, and their digests."""
+
+    labels: list[str]
+    digests: _PendingDigests
+
+    def as_json(self) -> dict[str, str]:
+        return dict(zip(self.labels, self.digests.hexdigests()))
+
+
+@dataclass
 class PendingEntry:
     step: int
     optimizer: int | None
@@ -54,7 +65,7 @@ class PendingEntry:
     keys: list[str]  # the JSON key of each digest
     params: int  # how many of the digests are parameters
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
+    batch: list[Batch]
     taken: dict[str, Any]  # rng and replicas, when taken
 
 
@@ -68,7 +79,7 @@ class Backward:
     algorithm: str
     rng: dict[str, str] | None
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
+    batch: list[Batch]
 
 
 def _pairs(keys: Sequence[str], digests: Sequence[str]) -> str:
@@ -91,7 +102,7 @@ def entry_line(pending: PendingEntry, grads: bool, batch: bool, algorithm: str |
     if grads:
         parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
     if batch:
-        parts += [f',"{BATCH}":', _encode([b.hexdigests() for b in pending.batch])]
+        parts += [f',"{BATCH}":', _encode([b.as_json() for b in pending.batch])]
     if pending.logs:
         logged = {k: log_value(v, algorithm) for k, v in pending.logs.items()}
         parts += [f',"{LOG}":', _encode(logged)]

@@ -52,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import time
@@ -73,6 +74,7 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import _contract, distributed
 from torchrepro.digests import _digest_tensors, _PendingDigests
 from torchrepro.env import environment
+from torchrepro.records import _batches
 from torchrepro.records._capture import (
     LogValue,
     module_parameters,
@@ -81,7 +83,7 @@ from torchrepro.records._capture import (
     tensors_in,
     unwrapped,
 )
-from torchrepro.records._entries import Backward, PendingEntry, Plan, entry_line
+from torchrepro.records._entries import Backward, Batch, PendingEntry, Plan, entry_line
 from torchrepro.records.files import claim_record, rank_path, this_process
 from torchrepro.records.format import (
     BATCH,
@@ -102,6 +104,10 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 # OptimizedModule warns that global hooks fire once more for it: the recorder expects that
 # (the wrapper is the outermost call, and it is named through the model it wraps).
 _COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
+
+
+def _owns_parameters(module: torch.nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 class Recorder:
@@ -138,7 +144,8 @@ class Recorder:
         self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._module_plan: Plan | None = None  # the roots' parameters; None: roots changed
         self._logs: dict[str, LogValue] = {}
-        self._batches: list[_PendingDigests] = []
+        self._batches: list[Batch] = []
+        self._loader_seen = False  # a loader yielded: batches are what loaders yield
         self._depth = 0
         self._steps = 0  # steps that were no optimizer's (backward passes, step() calls)
         self._optimizer_stepped = False
@@ -165,6 +172,9 @@ class Recorder:
             register_module_forward_pre_hook(self._on_forward_pre),
             register_module_forward_hook(self._on_forward_post, always_call=True),
         ]
+        self._listening = contextlib.ExitStack()
+        if batch:
+            self._listening.enter_context(_batches.listening(self._on_batch))
         warnings.filterwarnings("ignore", _COMPILE_HOOK_WARNING, UserWarning)
         self._warning_filter = warnings.filters[0]
         atexit.register(self.close)
@@ -182,12 +192,24 @@ class Recorder:
                 self._roots.add(module)
                 self._module_plan = None
                 self._compiled = self._compiled or unwrapped(module) is not module
-            if self.batch:
-                tensors: list[torch.Tensor] = []
-                tensors_in(args, tensors)
-                self._batches.append(_digest_tensors(tensors, self.algorithm, shards=True))
+            if self.batch and not self._loader_seen and _owns_parameters(module):
+                # No loader in sight: the inputs of the model (a loss module owns no parameters).
+                self._add_batch(args[0] if len(args) == 1 else args)
             self.hook_seconds += time.perf_counter() - t0
         self._depth += 1
+
+    def _on_batch(self, batch: Any) -> None:
+        t0 = time.perf_counter()
+        if not self._loader_seen:
+            self._loader_seen = True
+            self._batches = []  # model inputs recorded before the first loader batch
+        self._add_batch(batch)
+        self.hook_seconds += time.perf_counter() - t0
+
+    def _add_batch(self, batch: Any) -> None:
+        labelled = _batches.labelled_tensors(batch)
+        digests = _digest_tensors([t for _, t in labelled], self.algorithm, shards=True)
+        self._batches.append(Batch([label for label, _ in labelled], digests))
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if _is_compiling():
@@ -372,12 +394,12 @@ class Recorder:
         if self._waiting is not None:
             self._finish(self._waiting)
             self._waiting = None
-        if pending.digests.on_host and all(b.on_host for b in pending.batch):
+        if pending.digests.on_host and all(b.digests.on_host for b in pending.batch):
             self._finish(pending)
         else:
             pending.digests.start_transfer()
             for b in pending.batch:
-                b.start_transfer()
+                b.digests.start_transfer()
             self._waiting = pending
 
     def _finish(self, pending: PendingEntry) -> None:
@@ -438,6 +460,7 @@ class Recorder:
                 self._waiting = None
         finally:
             self._closed = True
+            self._listening.close()
             for handle in (*self._handles, *self._forward_handles):
                 handle.remove()
             if self._file is not None:
