@@ -188,6 +188,10 @@ class Localization:
         index: Position of the op in the traced step.
         nondeterministic_ops: Ops with nondeterministic CUDA kernels that ran in that module
             during the step.
+        random: For kind ``"op"``, whether the op draws random numbers (then a different
+            output from identical inputs means the RNG state differed).
+        rank: Under torchrun, the rank whose trace was analysed.
+        source_op: For kind ``"uninitialized"``, the op that made the memory read.
     """
 
     kind: str
@@ -198,6 +202,9 @@ class Localization:
     other_op: str | None = None
     other_module: str | None = None
     nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
+    random: bool = False
+    rank: int | None = None
+    source_op: str | None = None
 
     def describe(self) -> str:
         """One line for the report."""
