@@ -227,6 +227,9 @@ def test_an_op_giving_a_different_output_from_identical_inputs_is_named_with_its
         "first differing module: mixer (forward): torchrepro_tests.noisy.default gave a "
         "different output from identical inputs"
     ) in report.render()
+    assert report.diagnosis is not None
+    assert (report.diagnosis.category, report.diagnosis.module) == ("nondeterministic-op", "mixer")
+    assert "in the same environment" in report.diagnosis.evidence
 
 
 def test_values_made_outside_torchs_ops_are_named_as_inputs_of_the_module_they_reach() -> None:
@@ -236,6 +239,8 @@ def test_values_made_outside_torchs_ops_are_named_as_inputs_of_the_module_they_r
     assert where is not None and where.kind == "input"
     assert (where.module, where.phase) == ("mixer", "forward")
     assert any("values made outside torch's ops reach mixer" in cause for cause in report.causes)
+    assert report.diagnosis is not None and report.diagnosis.category == "outside-torch"
+    assert not any("--deterministic" in cause for cause in report.causes)  # it would not help
 
 
 def test_a_batch_that_differs_at_step_0_is_the_first_differing_record() -> None:
@@ -243,15 +248,60 @@ def test_a_batch_that_differs_at_step_0_is_the_first_differing_record() -> None:
     assert report.divergence is not None and report.divergence.step == 0
     assert report.divergence.section == "batch"
     assert report.localization is None  # a difference in the data is not replayed
-    assert any("the data differs before the model sees it" in c for c in report.causes)
+    assert report.diagnosis is not None
+    assert (report.diagnosis.category, report.diagnosis.step) == ("data", 0)
+    assert report.render().count("diagnosis: data") == 1
 
 
-def test_an_rng_state_that_differs_while_parameters_match_is_the_first_differing_record() -> None:
-    report = check_planted("rng", seed=3)
-    assert report.divergence is not None and report.divergence.step == 0
-    assert report.divergence.section == "rng"
-    assert report.divergence.keys == ("rng.python",)  # parameters and gradients still match
-    assert any("an RNG state differs" in cause for cause in report.causes)
+NEVER_DREW = (
+    "{} differs between the runs from step 0; the training never drew from it (its state "
+    "stayed the same over the 3 steps compared, in both runs)"
+)
+
+
+def test_an_rng_state_that_differs_while_everything_computed_matches_is_a_note(
+    tmp_path: Path,
+) -> None:
+    # The script seeds torch itself and never draws from numpy or Python's random: without
+    # torchrepro seeding their states differ per run, and nothing computed does.
+    result = subprocess.run(
+        [PYTHON, "-m", "torchrepro", "check", "--no-seed", "--json", str(tmp_path / "r.json")]
+        + ["--", *KINDS],
+        env=child_env(PLANT=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("bitwise identical: 2 runs, 3 steps compared")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["diagnosis"] is None and report["causes"] == []
+    for source in ("Python's random module", "numpy's global RNG"):
+        assert NEVER_DREW.format(source) in report["notes"]
+        assert NEVER_DREW.format(source) in result.stdout
+
+
+def test_one_more_draw_before_training_is_a_note_when_nothing_computed_differs() -> None:
+    report = check_planted("rng", seed=3)  # run 2 draws once from Python's random first
+    assert report.verdict == "identical" and report.divergence is None
+    assert report.notes[0] == NEVER_DREW.format("Python's random module")
+
+
+def test_a_reseed_from_the_clock_is_diagnosed_by_the_rng_state_that_parts_first() -> None:
+    report = check_planted("clock", seed=3, localize=False)
+    assert report.divergence is not None and report.divergence.step == 2
+    assert report.diagnosis is not None
+    assert (report.diagnosis.category, report.diagnosis.step) == ("rng", 2)
+    assert report.diagnosis.evidence.startswith(
+        "torch's CPU generator differs from step 1, before the first computed difference"
+    )
+    assert report.notes[0].startswith(
+        "torch's CPU generator differs between the runs from step 1; the training draws from it"
+    )
+    assert not any("--deterministic" in cause for cause in report.causes)
+    assert "diagnosis: rng (a random draw differs because an RNG state differs)" in (
+        report.render()
+    )
 
 
 @pytest.mark.parametrize("no_seed", [True, False], ids=["no-seed", "seeded"])

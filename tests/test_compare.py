@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
+import torchrepro
 from conftest import finish, run_recorded, start_recorded
 from torchrepro.cli import main
-from torchrepro.compare import diff_records
+from torchrepro.compare import diff_records, rng_differences
 from torchrepro.records import read_record
 
 PARAMS = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
@@ -124,3 +128,75 @@ def test_cli_diff_of_a_file_that_is_not_a_record_is_a_usage_error(
     assert main(["diff", str(junk), str(junk)]) == 2
     assert "torchrepro record header" in capsys.readouterr().err
     assert main(["diff", str(junk)]) == 2  # missing argument
+
+
+# ---------------------------------------------------------------- RNG states: notes, not verdicts
+
+
+def record_numpy_run(path: Path, numpy_seed: int, draws: bool) -> Path:
+    """Three steps of a training seeded by torch; numpy seeded apart, drawn from or not."""
+    torch.manual_seed(0)
+    np.random.seed(numpy_seed)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchrepro.record(path, rng=True):
+        for _ in range(3):
+            if draws:
+                np.random.rand()  # drawn, never used by the training
+            opt.zero_grad()
+            model(torch.randn(4, 2)).sum().backward()
+            opt.step()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("draws", "says"),
+    [
+        (
+            False,
+            "the training never drew from it (its state stayed the same over the 3 steps "
+            "compared, in both runs)",
+        ),
+        (True, "the training draws from it (its state changed between steps)"),
+    ],
+    ids=["never-drawn", "drawn"],
+)
+def test_diff_reports_an_rng_state_alone_as_a_note_on_identical_runs(
+    tmp_path: Path, draws: bool, says: str
+) -> None:
+    a = record_numpy_run(tmp_path / "a.jsonl", 1, draws)
+    b = record_numpy_run(tmp_path / "b.jsonl", 2, draws)
+    result = diff_records(a, b)
+    assert result.identical and result.diagnosis is None
+    (found,) = result.rng
+    assert (found.source, found.step, found.drawn) == ("numpy", 0, draws)
+    assert result.render().endswith(
+        f"IDENTICAL: all 3 steps match\nnote: numpy's global RNG differs between the runs from "
+        f"step 0; {says}"
+    )
+    assert result.to_json()["rng"][0]["source"] == "numpy"
+
+
+def test_rng_states_are_compared_rank_by_rank_and_after_a_resume_point() -> None:
+    def merged(step: int, *torch_states: str) -> dict[str, Any]:
+        ranks = [{"step": step, "rng": {"torch": state}} for state in torch_states]
+        return {"step": step, "ranks": ranks}
+
+    a = [merged(0, "a0", "b0"), merged(1, "a1", "b1"), merged(2, "a2", "b2")]
+    b = [merged(0, "a0", "b0"), merged(1, "a1", "b1"), merged(2, "a2", "x2")]
+    (found,) = rng_differences(a, b)
+    assert (found.rank, found.entry, found.step, found.drew) == (1, 2, 2, (True, True))
+    assert "from step 2 on rank 1" in found.describe()
+    resumed = rng_differences(a, b[1:], skip=1)  # b counts from a's entry 1
+    assert [(d.entry, d.steps) for d in resumed] == [(2, 2)]  # a's entry 2, of 2 compared
+    assert rng_differences(a, b, count=2) == ()
+
+
+def test_whether_a_generator_was_drawn_from_cannot_be_told_from_one_step() -> None:
+    (found,) = rng_differences(
+        [{"step": 0, "rng": {"python": "p1"}}], [{"step": 0, "rng": {"python": "p2"}}]
+    )
+    assert found.drawn is None
+    assert found.describe().endswith(
+        "whether the training draws from it cannot be told from one step"
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from torchrepro import _contract, determinism, distributed
-from torchrepro.compare.causes import flatten
+from torchrepro.compare.environment import flatten
 
 __all__ = ["ENV_VAR_PREFIXES", "ENV_VARS", "environment", "format_environment"]
 

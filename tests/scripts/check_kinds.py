@@ -7,15 +7,18 @@ noise, made outside torch's ops, to its output. (Step 1, not 0: the trace of ste
 at process start and would also see parameters allocated with torch.empty.)
 PLANT=batch: the dataset adds os.urandom noise to its features, so the batch differs at
 step 0. PLANT=rng: run 2 (TORCHREPRO_RUN) draws one more number from Python's `random`
-before training. PLANT=set-order: the samples come in the order of a set of strings
-(salted str hashing). No torchrepro calls: the script seeds torch itself, so runs under
---no-seed start alike.
+before training. PLANT=clock: module `mixer` adds noise drawn from torch's (seeded) RNG, and
+at step 1, after its draws, the script reseeds torch from the clock: torch's RNG state
+differs from step 1, the noise (and so what is computed) from step 2. PLANT=set-order: the
+samples come in the order of a set of strings (salted str hashing). No torchrepro calls: the
+script seeds torch itself, so runs under --no-seed start alike.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 
 import torch
 from torch import nn
@@ -53,6 +56,8 @@ class Mixer(nn.Module):
             return torch.ops.torchrepro_tests.noisy(y)
         if PLANT == "input" and self.calls > 1:
             return y + urandom_like(y)
+        if PLANT == "clock":
+            return y + torch.randn_like(y) * 1e-3
         return y
 
 
@@ -82,10 +87,12 @@ def main() -> None:
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = batch()
-    for _ in range(STEPS):
+    for step in range(STEPS):
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
+        if PLANT == "clock" and step == 1:
+            torch.manual_seed(time.time_ns())
         optimizer.step()
 
 

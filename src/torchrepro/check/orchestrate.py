@@ -41,11 +41,17 @@ from torchrepro.check.report import (
     CheckReport,
     Divergence,
 )
-from torchrepro.check.session import Run, RunTimeout, Session
-from torchrepro.compare import diagnose, environment_differences
+from torchrepro.check.session import Pair, Run, RunTimeout, Session
+from torchrepro.compare import (
+    RngDifference,
+    classify,
+    diagnose,
+    environment_differences,
+    rng_differences,
+)
 from torchrepro.errors import CheckError
 from torchrepro.launch import child_environment, resolve_root
-from torchrepro.records.format import BATCH, OPTIONS, RNG
+from torchrepro.records.format import BATCH, OPTIONS
 
 if TYPE_CHECKING:
     from torchrepro._derive import SeedLike
@@ -165,7 +171,7 @@ def check_command(
             else:
                 _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
             d = report.divergence
-            if d is not None and localize and d.keys and d.section not in (BATCH, RNG):
+            if d is not None and localize and d.keys and d.section != BATCH:
                 if d.rank is not None:
                     report.notes.append(
                         "first differing module: not localized (the op replay traces one "
@@ -194,9 +200,12 @@ def check_command(
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
         report.processes = findings.training_processes(session)
         # A process's place by start is known for sure only now that every record is read.
+        diverging = None
         for found, pair in session.origins:
             if found is report.divergence:
-                report.divergence = replace(found, process=pair.process)
+                report.divergence, diverging = replace(found, process=pair.process), pair
+        rng = _rng_differences(session, diverging, resume_at)
+        report.notes += [found.describe(_run_names(report)) for found in rng]
         report.notes += session.notes + findings.replica_notes(session)
         headers = [run.tail.header for run in session.runs[:runs] if run.tail.header]
         compared = findings.environments(session, report.divergence)
@@ -208,18 +217,47 @@ def check_command(
                 "no run wrote a record: was torchrepro importable by the command's "
                 "Python, and did it start with -S, -I or -E?"
             )
+        d = report.divergence
+        evidence: dict[str, Any] = {"environment": report.environment, "rng": rng}
+        if d is not None:
+            evidence.update(
+                step=d.step,
+                rank=d.rank,
+                entry=d.entry,
+                first=d.describe(),
+                localization=report.localization,
+            )
+            report.diagnosis = classify(d.keys, **evidence)
         report.causes = diagnose(
-            None if report.divergence is None else report.divergence.keys,
-            environment=report.environment,
+            None if d is None else d.keys,
             manifests=[header.get("env") or {} for header in headers],
-            localization=report.localization,
             seeded=not no_seed,
-            deterministic=bool(deterministic),
+            **evidence,
         )
         report.series = dict(session.series)
         if plot is not None:
             draw_plot(report, Path(plot))
         return report
+
+
+def _rng_differences(
+    session: Session, diverging: Pair | None, resume_at: int | None
+) -> list[RngDifference]:
+    """The RNG states that differ: of the diverging pair up to its divergence, else of
+    every pair compared (once per source and rank)."""
+    found: dict[tuple[str, int | None], RngDifference] = {}
+    for pair in [diverging] if diverging is not None else session.pairs:
+        skip = (resume_at or 0) if pair.other.name == "resumed" else 0
+        for d in rng_differences(
+            pair.ours.entries, pair.theirs.entries, skip=skip, count=pair.compared
+        ):
+            found.setdefault((d.source, d.rank), d)
+    return sorted(found.values(), key=lambda d: d.entry)
+
+
+def _run_names(report: CheckReport) -> tuple[str, str]:
+    d = report.divergence
+    return (f"run {d.a}", f"run {d.b}") if d is not None else ("run 1", "run 2")
 
 
 def _compare_runs(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrepro.compare import EnvDifference, describe_difference, render_causes
+from torchrepro.compare import Diagnosis, EnvDifference, describe_difference, render_causes
 from torchrepro.errors import ExitCode
 from torchrepro.localize import Localization
 from torchrepro.records.format import STEPS, section_of
@@ -149,7 +149,12 @@ class Divergence:
 
 @dataclass
 class CheckReport:
-    """What ``check`` found. ``render()`` is the text the command prints."""
+    """What ``check`` found. ``render()`` is the text the command prints.
+
+    ``diagnosis`` is the category of the first divergence and the evidence it rests on
+    (None when the runs did not diverge); ``notes`` what the comparison saw besides it, an
+    RNG state that differs while every computed value matches among them.
+    """
 
     verdict: str
     command: list[str]
@@ -166,6 +171,7 @@ class CheckReport:
     threads: str | None = None
     notes: list[str] = field(default_factory=list)
     processes: list[TrainingProcess] = field(default_factory=list)
+    diagnosis: Diagnosis | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -187,6 +193,7 @@ class CheckReport:
             "localization": None if self.localization is None else vars(self.localization),
             "environment": [vars(d) for d in self.environment],
             "causes": self.causes,
+            "diagnosis": None if self.diagnosis is None else vars(self.diagnosis),
             "message": self.message,
             "series": self.series,
             "resume_at": self.resume_at,
@@ -208,7 +215,11 @@ class CheckReport:
             lines += [f"    {e.key}: {e.a} vs {e.b} ({e.note})" for e in self.environment]
         else:
             lines.append("  environment: identical")
-        lines += render_causes(self.causes, indent="  ")
+        causes = self.causes
+        if self.diagnosis is not None:
+            lines += self.diagnosis.render(indent="  ")
+            causes = [cause for cause in causes if cause != self.diagnosis.cause]  # shown above
+        lines += render_causes(causes, indent="  ")
         return "\n".join(lines)
 
     def _failure(self) -> list[str]:

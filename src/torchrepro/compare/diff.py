@@ -21,13 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from torchrepro.compare.causes import (
-    EnvDifference,
-    diagnose,
-    environment_differences,
-    render_causes,
-)
+from torchrepro.compare.causes import Diagnosis, classify, diagnose, render_causes
 from torchrepro.compare.entries import compare_entries
+from torchrepro.compare.environment import EnvDifference, environment_differences
+from torchrepro.compare.rng import RngDifference, rng_differences
 from torchrepro.errors import RecordError
 from torchrepro.records.format import OPTIMIZER, STEP, Record, entry_values, read_record
 
@@ -56,6 +53,9 @@ class RecordDiff:
         truncated_a, truncated_b: Whether each record was cut short by a crash.
         details: The two values of each differing key.
         causes: The likely causes of the divergence (see :func:`diagnose`).
+        diagnosis: The category of the divergence and its evidence (:func:`classify`).
+        rng: The RNG sources whose states differ over the steps compared: no divergence
+            by themselves, reported as notes.
     """
 
     a: str
@@ -74,6 +74,8 @@ class RecordDiff:
     truncated_b: bool = False
     details: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     causes: tuple[str, ...] = ()
+    diagnosis: Diagnosis | None = None
+    rng: tuple[RngDifference, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -99,6 +101,8 @@ class RecordDiff:
             "truncated_a": self.truncated_a,
             "truncated_b": self.truncated_b,
             "causes": list(self.causes),
+            "diagnosis": None if self.diagnosis is None else vars(self.diagnosis),
+            "rng": [vars(d) for d in self.rng],
         }
 
     def render(self) -> str:
@@ -125,7 +129,13 @@ class RecordDiff:
             for name in self.tensors:
                 a, b = self.details.get(name, (None, None))
                 out.append(f"  {name}: {_short(a)} -> {_short(b)}")
-            out += render_causes(self.causes)
+            out += [f"note: {d.describe()}" for d in self.rng]
+            causes = list(self.causes)
+            if self.diagnosis is not None:
+                out += self.diagnosis.render()
+                causes.remove(self.diagnosis.cause)  # shown above
+            out += render_causes(causes)
+            return "\n".join(out)
         elif self.length_a != self.length_b:
             shorter = "A" if self.length_a < self.length_b else "B"
             out.append(
@@ -134,6 +144,7 @@ class RecordDiff:
             )
         else:
             out.append(f"IDENTICAL: all {self.steps_compared} steps match")
+        out += [f"note: {d.describe()}" for d in self.rng]
         return "\n".join(out)
 
 
@@ -196,6 +207,13 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
             return RecordDiff(**base, comparable=False, reason=str(error), steps_compared=n)
         if found is not None:
             va, vb = entry_values(ea), entry_values(eb)
+            rng = rng_differences(ra.entries, rb.entries, count=n + 1)
+            where: dict[str, Any] = {
+                "step": ea.get(STEP),
+                "entry": n,
+                "rng": rng,
+                "environment": env,
+            }
             return RecordDiff(
                 **{
                     **base,
@@ -208,7 +226,10 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
                 reason=None,
                 steps_compared=n + 1,
                 details={k: (va.get(k), vb.get(k)) for k in found.keys},
-                causes=tuple(diagnose(found.keys, environment=env, manifests=[ra.env, rb.env])),
+                causes=tuple(diagnose(found.keys, manifests=[ra.env, rb.env], **where)),
+                diagnosis=classify(found.keys, **where),
+                rng=rng,
             )
     steps = min(len(ra.entries), len(rb.entries))
-    return RecordDiff(**base, comparable=True, reason=None, steps_compared=steps)
+    rng = rng_differences(ra.entries, rb.entries)
+    return RecordDiff(**base, comparable=True, reason=None, steps_compared=steps, rng=rng)

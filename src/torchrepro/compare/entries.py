@@ -1,11 +1,16 @@
 """One comparison of two record entries, used by ``torchrepro diff`` and ``check`` alike.
 
+Two entries differ when what the training computed differs: the batch, logged values,
+gradients, parameters, or the steps themselves. RNG states are no part of it: a state
+that differs changes nothing computed until the training draws from it, and then what it
+drew shows in those values. :mod:`~torchrepro.compare.rng` compares them, as evidence.
+
 Example:
     >>> a = {"step": 3, "optimizer": 0, "batch": [{"[1] (32 int64)": "b0"}], "params": {"w": "a"}}
     >>> b = {**a, "batch": [{"[1] (32 int64)": "b1"}], "params": {"w": "b"}}
     >>> found = compare_entries(a, b)
     >>> found.keys, found.section, describe_difference(found.keys)
-    (('batch[1] (32 int64)', 'params.w'), 'batch', 'the input batch: batch[1] (32 int64)')
+    (('batch[1] (32 int64)', 'params.w'), 'batch', 'the input batch[1] (32 int64)')
 """
 
 from __future__ import annotations
@@ -49,9 +54,9 @@ class EntryDifference:
     """What differs between two entries of the same position in two records.
 
     Attributes:
-        keys: The values that differ (``"params.fc.weight"``, ``"batch[1] (32 int64)"``), in
-            causal order; ``("steps",)`` when the entries are of different steps or
-            optimizers.
+        keys: The computed values that differ (``"params.fc.weight"``, ``"batch[1] (32 int64)"``),
+            in causal order; ``("steps",)`` when the entries are of different steps or
+            optimizers. Never RNG states.
         rank: Under torchrun, the rank whose difference comes first in causal order (its
             batch or logged loss before anyone's all-reduced gradients), the lowest on a
             tie: where the difference most likely started. None for one process.
@@ -64,7 +69,7 @@ class EntryDifference:
 
     @property
     def section(self) -> str:
-        """Where the first difference is: batch, rng, log, grads, params or steps."""
+        """Where the first difference is: batch, log, grads, params or steps."""
         return section_of(self.keys[0]) if self.keys else STEPS
 
 
@@ -81,13 +86,14 @@ def _differing(a: dict[str, Any], b: dict[str, Any], same_step: bool) -> tuple[s
         return (STEPS,)
     va, vb = entry_values(a), entry_values(b)
     keys = [*va, *(k for k in vb if k not in va)]
-    return tuple(k for k in keys if va.get(k) != vb.get(k))
+    return tuple(k for k in keys if va.get(k) != vb.get(k) and section_of(k) != RNG)
 
 
 def compare_entries(
     a: dict[str, Any], b: dict[str, Any], *, same_step: bool = True
 ) -> EntryDifference | None:
-    """What differs between entry ``a`` of run A and entry ``b`` of run B; None if they match.
+    """What the training computed differently in entry ``a`` of run A and entry ``b`` of
+    run B; None if every computed value matches (RNG states are not compared).
 
     Entries merged from several ranks (a ``"ranks"`` list, as the live tail of a torchrun
     run gives them) are compared rank by rank.
@@ -106,6 +112,8 @@ def compare_entries(
         True
         >>> compare_entries(a, {**a, "params": {"w": "aa", "b": "cc"}})
         EntryDifference(keys=('params.b',), rank=None, ranks=())
+        >>> compare_entries({**a, "rng": {"numpy": "n1"}}, {**a, "rng": {"numpy": "n2"}}) is None
+        True
     """
     if RANKS not in a or RANKS not in b:
         keys = _differing(a, b, same_step)
@@ -139,7 +147,7 @@ def describe_difference(keys: Sequence[str]) -> str:
     if section == BATCH:
         batch = [k for k in keys if section_of(k) == BATCH]
         more = f" (+{len(batch) - 1} more)" if len(batch) > 1 else ""
-        return f"{_SECTION_WORDS[section]}: {key}{more}"
+        return f"the input {key}{more}"
     name = key.split(".", 1)[1] if "." in key else key
     more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
     return f"{_SECTION_WORDS.get(section, section)} of {name}{more}"
