@@ -64,6 +64,10 @@ CASES = {
         ("batch[0] (4 int64)",), {"rng": [CLOCK]},
         "rng", "torch's CPU generator differs from step 1, before the first computed",
     ),
+    "the batch drawn from a generator that parts in that step": Case(
+        ("batch (4x8 float32)",), {"rng": [SAME_STEP]},
+        "rng", "parts in that same step: a reseed or a different number of draws",
+    ),
     "parameters after a drawn generator parted": Case(
         ("params.w",), {"rng": [IDLE, CLOCK]},
         "rng", "(parameters of w at step 3), and the training draws from it",

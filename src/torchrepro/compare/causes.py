@@ -230,6 +230,14 @@ def classify(
     if section == BATCH:
         if before:
             return found(RNG_STATE, rng_first)
+        same = [d for d in drawn if d.entry == entry]
+        if same:  # drawn from a generator that parts in this very step: reseeded, or drawn more
+            return found(
+                RNG_STATE,
+                f"{what} differs at {_at(step)}, and {source_words(same[0].source)}, which the "
+                "training draws from, parts in that same step: a reseed or a different number "
+                "of draws in it changed what was drawn",
+            )
         return found(DATA, f"{what} differs at {_at(step)}, before the model sees it")
     if where is not None:
         category, evidence = _localized(where, environment)
