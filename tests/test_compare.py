@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import torchrepro
-from conftest import finish, run_recorded, start_recorded
+from conftest import PYTHON, SCRIPTS, child_env, finish, run_recorded, start_recorded
 from torchrepro.cli import main
 from torchrepro.compare import diff_records, rng_differences
 from torchrepro.records import read_record
+from torchrepro.records.format import entry_stats
 
 PARAMS = ["features.0.weight", "features.0.bias", "head.weight", "head.bias"]
 
@@ -200,3 +201,61 @@ def test_whether_a_generator_was_drawn_from_cannot_be_told_from_one_step() -> No
     assert found.describe().endswith(
         "whether the training draws from it cannot be told from one step"
     )
+
+
+# -- two environments: how far apart, how fast, and within a tolerance -------------------
+
+
+@pytest.fixture(scope="module")
+def two_thread_counts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("threads")
+    paths = []
+    for threads in (1, 2):
+        path = folder / f"threads{threads}.jsonl"
+        script = str(SCRIPTS / "threads_train.py")
+        done = subprocess.run(
+            [PYTHON, script, str(path), str(threads)], env=child_env(), capture_output=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_diff_of_two_environments_gives_where_they_part_by_how_much_and_how_fast(
+    two_thread_counts: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = two_thread_counts
+    result = diff_records(a, b)
+    assert [d.key for d in result.env] == ["threads.intra_op"]
+    assert not result.identical and result.first_step == 0
+    assert result.gap is not None and 0 < result.gap.relative < 1e-5  # last bits only
+    assert len(result.growth) == 8 and result.growth[-1] > 0
+    assert main(["diff", str(a), str(b)]) == 1
+    text = capsys.readouterr().out
+    assert "size at the first difference: " in text and ", at least" in text
+    assert "growth: the largest relative gap of a parameter goes from" in text
+
+
+def test_a_tolerance_turns_bitwise_into_within_tolerance_and_says_what_was_compared(
+    two_thread_counts: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = two_thread_counts
+    assert main(["diff", "--rtol", "1e-3", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "WITHIN TOLERANCE (rtol=0.001, atol=0): bitwise they part at step 0" in text
+    assert "not elementwise" in text and "IDENTICAL" not in text
+    tight = diff_records(a, b, rtol=1e-12)
+    assert not tight.within_tolerance and tight.first_step == 0
+
+
+def test_recorded_sizes_are_the_tensors_norms(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchrepro.record(tmp_path / "r.jsonl", grads=True):
+        opt.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+    sizes = entry_stats(read_record(tmp_path / "r.jsonl").entries[0])
+    w = model.weight.detach().double()
+    assert sizes["params.weight"] == [w.abs().sum().item(), w.norm().item(), w.abs().max().item()]
+    assert sizes["grads.bias"] == [2.0, 2.0**0.5, 1.0]

@@ -140,24 +140,34 @@ def _add_env(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _diff(args: argparse.Namespace) -> int:
     from torchrepro.compare import diff_records
 
-    result = diff_records(args.a, args.b)
+    result = diff_records(args.a, args.b, rtol=args.rtol, atol=args.atol)
     import json
 
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
     if not result.comparable:
         return ExitCode.USAGE
-    return ExitCode.FINDING if not result.identical else ExitCode.OK
+    return ExitCode.OK if result.identical or result.within_tolerance else ExitCode.FINDING
 
 
 def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "diff",
         help="compare two run records: environment, then the first diverging step",
-        description="Exit 0 if identical, 1 if they diverge, 2 if they cannot be compared.",
+        description="Exit 0 if identical (or within --rtol/--atol), 1 if they diverge, 2 if "
+        "they cannot be compared.",
     )
     p.add_argument("a", help="first record (JSON lines written by torchrepro.record)")
     p.add_argument("b", help="second record")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name in ("rtol", "atol"):
+        p.add_argument(
+            f"--{name}",
+            type=float,
+            default=None,
+            help=f"compare within atol + rtol * |b| instead of bitwise ({name}; default 0 "
+            "when the other is given): parameters and gradients by their sizes, logged "
+            "numbers as numbers; exit 0 when within tolerance",
+        )
     p.set_defaults(handler=_diff)
 
 

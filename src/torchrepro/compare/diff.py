@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -25,10 +27,11 @@ from torchrepro.compare.causes import Diagnosis, classify, diagnose, render_caus
 from torchrepro.compare.entries import compare_entries
 from torchrepro.compare.environment import EnvDifference, environment_differences
 from torchrepro.compare.rng import RngDifference, rng_differences
+from torchrepro.compare.sizes import Gap, entry_gap, gap_series, outside_tolerance
 from torchrepro.errors import RecordError
 from torchrepro.records.format import OPTIMIZER, STEP, Record, entry_values, read_record
 
-__all__ = ["RecordDiff", "diff_records"]
+__all__ = ["RecordDiff", "diff_records", "render_growth"]
 
 RecordLike = Union[Record, str, "os.PathLike[str]"]
 
@@ -76,11 +79,30 @@ class RecordDiff:
     causes: tuple[str, ...] = ()
     diagnosis: Diagnosis | None = None
     rng: tuple[RngDifference, ...] = ()
+    tolerance: tuple[float, float] | None = None
+    first_inexact: int | None = None
+    gap: Gap | None = None
+    growth: tuple[float, ...] = ()
 
     @property
     def identical(self) -> bool:
-        """True when every entry matches and both records have the same length."""
-        return self.comparable and self.first_entry is None and self.length_a == self.length_b
+        """True when every entry matches bitwise and both records have the same length."""
+        return (
+            self.comparable
+            and self.first_entry is None
+            and self.first_inexact is None
+            and self.length_a == self.length_b
+        )
+
+    @property
+    def within_tolerance(self) -> bool:
+        """True when, with ``--rtol/--atol``, no entry differs beyond the tolerance."""
+        return (
+            self.comparable
+            and self.tolerance is not None
+            and self.first_entry is None
+            and self.length_a == self.length_b
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form, for ``torchrepro diff --json``."""
@@ -103,6 +125,13 @@ class RecordDiff:
             "causes": list(self.causes),
             "diagnosis": None if self.diagnosis is None else vars(self.diagnosis),
             "rng": [vars(d) for d in self.rng],
+            "tolerance": None
+            if self.tolerance is None
+            else {"rtol": self.tolerance[0], "atol": self.tolerance[1]},
+            "within_tolerance": self.within_tolerance,
+            "first_inexact_step": self.first_inexact,
+            "gap": None if self.gap is None else {**vars(self.gap), "relative": self.gap.relative},
+            "growth": list(self.growth),
         }
 
     def render(self) -> str:
@@ -120,15 +149,20 @@ class RecordDiff:
         if not self.comparable:
             out.append(f"NOT COMPARABLE: {self.reason}")
             return "\n".join(out)
+        tolerance = ""
+        if self.tolerance is not None:
+            tolerance = f" beyond rtol={self.tolerance[0]:g}, atol={self.tolerance[1]:g}"
         if self.first_entry is not None:
             opt = f" (optimizer {self.optimizer})" if self.optimizer else ""
             out.append(
                 f"DIVERGED at step {self.first_step}{opt}: {len(self.tensors)} of the recorded "
-                f"values differ ({self.steps_compared - 1} earlier steps identical)"
+                f"values differ{tolerance} ({self.steps_compared - 1} earlier steps "
+                f"{'within tolerance' if tolerance else 'identical'})"
             )
             for name in self.tensors:
                 a, b = self.details.get(name, (None, None))
                 out.append(f"  {name}: {_short(a)} -> {_short(b)}")
+            out += self._sizes()
             out += [f"note: {d.describe()}" for d in self.rng]
             causes = list(self.causes)
             if self.diagnosis is not None:
@@ -136,6 +170,17 @@ class RecordDiff:
                 causes.remove(self.diagnosis.cause)  # shown above
             out += render_causes(causes)
             return "\n".join(out)
+        elif self.within_tolerance:
+            assert self.tolerance is not None
+            out.append(
+                f"WITHIN TOLERANCE (rtol={self.tolerance[0]:g}, atol={self.tolerance[1]:g}): "
+                f"bitwise they part at step {self.first_inexact}, but every value stays "
+                f"within it over all {self.steps_compared} steps (sizes compared by sum |x|, "
+                "L2 and max |x|, not elementwise)"
+                if self.first_inexact is not None
+                else f"IDENTICAL: all {self.steps_compared} steps match"
+            )
+            out += self._sizes()
         elif self.length_a != self.length_b:
             shorter = "A" if self.length_a < self.length_b else "B"
             out.append(
@@ -147,6 +192,30 @@ class RecordDiff:
         out += [f"note: {d.describe()}" for d in self.rng]
         return "\n".join(out)
 
+    def _sizes(self) -> list[str]:
+        lines = []
+        if self.gap is not None:
+            lines.append(f"  size at the first difference: {self.gap.describe()}")
+        lines += render_growth(self.growth, self.first_inexact)
+        return lines
+
+
+def render_growth(growth: Sequence[float], first_step: int | None, indent: str = "  ") -> list[str]:
+    """The line saying how a gap grows, from :func:`~torchrepro.compare.sizes.gap_series`.
+
+    Example:
+        >>> render_growth([1e-8, 1e-6, 1e-4], 2)
+        ['  growth: the largest relative gap of a parameter goes from 1e-08 at step 2 to 1e-04 at step 4 (x1e+04 in 2 steps)']
+    """  # noqa: E501
+    if len(growth) < 2 or first_step is None:
+        return []
+    first, last = growth[0], growth[-1]
+    factor = f" (x{last / first:.0e} in {len(growth) - 1} steps)" if first > 0 else ""
+    return [
+        f"{indent}growth: the largest relative gap of a parameter goes from {first:.0e} at "
+        f"step {first_step} to {last:.0e} at step {first_step + len(growth) - 1}{factor}"
+    ]
+
 
 def _short(value: Any) -> str:
     text = "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
@@ -157,7 +226,9 @@ def _load(r: RecordLike) -> Record:
     return r if isinstance(r, Record) else read_record(r)
 
 
-def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
+def diff_records(
+    a: RecordLike, b: RecordLike, *, rtol: float | None = None, atol: float | None = None
+) -> RecordDiff:
     """Compare two run records.
 
     Environment differences come first (each with a note on why it can change results),
@@ -166,6 +237,10 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
 
     Args:
         a, b: Records, or paths to record files.
+        rtol, atol: Compare within ``atol + rtol * |b|`` instead of bitwise (records of
+            two machines that cannot be bitwise equal): parameters and gradients by their
+            sizes (sum |x|, L2, max |x|; not elementwise), logged numbers as numbers,
+            anything else still bitwise. Either one switches tolerance on (the other is 0).
 
     Returns:
         A :class:`RecordDiff`; ``.identical`` is the verdict, ``.render()`` the report.
@@ -185,6 +260,12 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
         environment: identical
         IDENTICAL: all 2 steps match
     """
+    tolerance = None if rtol is None and atol is None else (rtol or 0.0, atol or 0.0)
+    if tolerance is not None and (min(tolerance) < 0 or any(map(math.isnan, tolerance))):
+        raise RecordError(
+            f"rtol and atol must be non-negative numbers; got rtol={rtol}, atol={atol}. "
+            "Pass e.g. --rtol 1e-5."
+        )
     ra, rb = _load(a), _load(b)
     env = environment_differences(ra.env, rb.env)
     base: dict[str, Any] = {
@@ -200,36 +281,45 @@ def diff_records(a: RecordLike, b: RecordLike) -> RecordDiff:
         "optimizer": None,
         "tensors": (),
     }
+    if tolerance is not None:
+        base["tolerance"] = tolerance
+    inexact: int | None = None  # the first entry that differs bitwise
     for n, (ea, eb) in enumerate(zip(ra.entries, rb.entries)):
         try:
             found = compare_entries(ea, eb)
         except RecordError as error:
             return RecordDiff(**base, comparable=False, reason=str(error), steps_compared=n)
-        if found is not None:
-            va, vb = entry_values(ea), entry_values(eb)
-            rng = rng_differences(ra.entries, rb.entries, count=n + 1)
-            where: dict[str, Any] = {
-                "step": ea.get(STEP),
-                "entry": n,
-                "rng": rng,
-                "environment": env,
-            }
-            return RecordDiff(
-                **{
-                    **base,
-                    "first_step": ea.get(STEP),
-                    "first_entry": n,
-                    "optimizer": ea.get(OPTIMIZER),
-                    "tensors": found.keys,
-                },
-                comparable=True,
-                reason=None,
-                steps_compared=n + 1,
-                details={k: (va.get(k), vb.get(k)) for k in found.keys},
-                causes=tuple(diagnose(found.keys, manifests=[ra.env, rb.env], **where)),
-                diagnosis=classify(found.keys, **where),
-                rng=rng,
-            )
+        if found is None:
+            continue
+        if inexact is None:
+            inexact = n
+            base["first_inexact"] = ea.get(STEP)
+            base["gap"] = entry_gap(ea, eb, found.keys)
+            base["growth"] = tuple(gap_series(ra.entries[n:], rb.entries[n:]))
+        keys = found.keys
+        if tolerance is not None:
+            keys = tuple(outside_tolerance(ea, eb, found.keys, *tolerance))
+            if not keys:
+                continue  # apart, but within tolerance
+        va, vb = entry_values(ea), entry_values(eb)
+        rng = rng_differences(ra.entries, rb.entries, count=n + 1)
+        where: dict[str, Any] = {"step": ea.get(STEP), "entry": n, "rng": rng, "environment": env}
+        return RecordDiff(
+            **{
+                **base,
+                "first_step": ea.get(STEP),
+                "first_entry": n,
+                "optimizer": ea.get(OPTIMIZER),
+                "tensors": keys,
+            },
+            comparable=True,
+            reason=None,
+            steps_compared=n + 1,
+            details={k: (va.get(k), vb.get(k)) for k in keys},
+            causes=tuple(diagnose(keys, manifests=[ra.env, rb.env], **where)),
+            diagnosis=classify(keys, **where),
+            rng=rng,
+        )
     steps = min(len(ra.entries), len(rb.entries))
     rng = rng_differences(ra.entries, rb.entries)
     return RecordDiff(**base, comparable=True, reason=None, steps_compared=steps, rng=rng)

@@ -20,7 +20,8 @@ import torch
 
 from torchrepro.digests import _PendingDigests
 from torchrepro.records._capture import LogValue, log_value
-from torchrepro.records.format import ALGORITHM, BATCH, GRADS, LOG, OPTIMIZER, PARAMS, STEP
+from torchrepro.records._stats import PendingStats
+from torchrepro.records.format import ALGORITHM, BATCH, GRADS, LOG, OPTIMIZER, PARAMS, STATS, STEP
 
 __all__ = ["Backward", "Batch", "PendingEntry", "Plan", "entry_line"]
 
@@ -67,6 +68,7 @@ class PendingEntry:
     logs: dict[str, LogValue]
     batch: list[Batch]
     taken: dict[str, Any]  # rng and replicas, when taken
+    stats: PendingStats | None = None  # sizes of the digested tensors, in their order
 
 
 @dataclass
@@ -101,6 +103,12 @@ def entry_line(pending: PendingEntry, grads: bool, batch: bool, algorithm: str |
     parts += [f',"{PARAMS}":{{', _pairs(keys[:n], digests[:n]), "}"]
     if grads:
         parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
+    if pending.stats is not None:
+        sizes = pending.stats.values()
+        parts += [
+            f',"{STATS}":',
+            _encode({PARAMS: sizes[:n], **({GRADS: sizes[n:]} if grads else {})}),
+        ]
     if batch:
         parts += [f',"{BATCH}":', _encode([b.as_json() for b in pending.batch])]
     if pending.logs:

@@ -22,7 +22,9 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
   "checked": 4, "drifting": [[1, "fc.weight"]]}`` (see :mod:`torchrepro.distributed`).
   ``rng`` holds one digest per RNG source of :mod:`torchrepro._sources` in use, by name;
   ``batch`` one object per batch the data pipeline yielded in the step, tensor labels to
-  digests (:mod:`torchrepro.records._batches`).
+  digests (:mod:`torchrepro.records._batches`); ``stats`` the sizes of the parameters and
+  gradients, in their order (``{"params": [[sum |x|, L2, max |x|], ...], "grads": ...}``,
+  ``null`` for a tensor not measured: :mod:`torchrepro.records._stats`).
 
 Each line is written and flushed as its step ends, so a crash loses at most the step in
 flight; :func:`read_record` reads a record cut mid-line back to its last complete entry.
@@ -67,6 +69,7 @@ __all__ = [
     "parse_entry",
     "parse_header",
     "read_record",
+    "entry_stats",
     "section_of",
 ]
 
@@ -75,7 +78,8 @@ FORMAT = "torchrepro-record"
 # only by the version that wrote them, and diff refuses to compare across versions.
 # 2: "rng" digests every source of the RNG table (MPS, XPU, registered generators), by
 # source name, from its plain-data state.
-# 3: "batch" holds what the data pipeline yielded, labelled, not the inputs of module calls.
+# 3: "batch" holds what the data pipeline yielded, labelled, not the inputs of module calls;
+# "stats" the sizes of params and grads.
 SCHEMA_VERSION = 3
 
 # Keys of an entry.
@@ -88,6 +92,9 @@ RNG = "rng"
 LOG = "log"
 GRADS = "grads"
 PARAMS = "params"
+STATS = "stats"
+"""Not compared (the digests are): the sizes of params and grads, for how far apart runs
+are (:mod:`torchrepro.records._stats`)."""
 SECTIONS = (BATCH, RNG, LOG, GRADS, PARAMS)
 """The recorded sections in causal order: the batch goes in, random draws, the loss is
 logged, gradients are computed, the parameters updated. A difference that appears in an
@@ -176,6 +183,24 @@ def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
             # json.dumps keeps the float exact and tells NaN apart from a missing value.
             out[f"{section}.{name}"] = value if isinstance(value, str) else json.dumps(value)
     return out
+
+
+def entry_stats(entry: dict[str, Any]) -> dict[str, list[float]]:
+    """The sizes in an entry, as ``section.name -> [sum |x|, L2, max |x|]``, where recorded.
+
+    Keyed as :func:`entry_values` keys the digests they sit beside.
+
+    Example:
+        >>> entry_stats({"step": 0, "params": {"w": "ab", "n": "cd"},
+        ...              "stats": {"params": [[7.0, 5.0, 4.0], None]}})
+        {'params.w': [7.0, 5.0, 4.0]}
+    """
+    found: dict[str, list[float]] = {}
+    for section, sizes in (entry.get(STATS) or {}).items():
+        for name, size in zip(entry.get(section, {}), sizes):
+            if size is not None:
+                found[f"{section}.{name}"] = size
+    return found
 
 
 def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -284,7 +309,7 @@ def read_record(path: str | os.PathLike[str]) -> Record:
         ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
         >>> rec = read_record("run.jsonl")
         >>> len(rec.entries), sorted(rec.entries[1]), rec.truncated
-        (2, ['algorithm', 'grads', 'optimizer', 'params', 'step'], False)
+        (2, ['algorithm', 'grads', 'optimizer', 'params', 'stats', 'step'], False)
     """
     p = Path(path)
     try:

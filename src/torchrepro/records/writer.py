@@ -84,6 +84,7 @@ from torchrepro.records._capture import (
     unwrapped,
 )
 from torchrepro.records._entries import Backward, Batch, PendingEntry, Plan, entry_line
+from torchrepro.records._stats import PendingStats
 from torchrepro.records.files import claim_record, rank_path, this_process
 from torchrepro.records.format import (
     BATCH,
@@ -321,7 +322,15 @@ class Recorder:
         if replicas is not None:
             taken[REPLICAS] = replicas
         pending = PendingEntry(
-            step, plan.index, digests, keys, len(params), self._logs, self._batches, taken
+            step,
+            plan.index,
+            digests,
+            keys,
+            len(params),
+            self._logs,
+            self._batches,
+            taken,
+            PendingStats(tensors),
         )
         self._logs, self._batches = {}, []
         return pending
