@@ -1,10 +1,14 @@
 """One comparison of two record entries, used by ``torchrepro diff`` and ``check`` alike.
 
 Example:
-    >>> a = {"step": 3, "optimizer": 0, "batch": [["b0"]], "params": {"w": "aa"}}
-    >>> found = compare_entries(a, {**a, "batch": [["b1"]], "params": {"w": "ab"}})
-    >>> found.keys, found.section, describe_difference(found.keys)
-    (('batch[0][0]', 'params.w'), 'batch', 'the input batch (batch[0][0])')
+    >>> a = {"step": 3, "optimizer": 0, "batch": [{"batch[0] 4x2 float32": "b0"}],
+    ...      "params": {"w": "aa"}}
+    >>> found = compare_entries(a, {**a, "batch": [{"batch[0] 4x2 float32": "b1"}],
+    ...                             "params": {"w": "ab"}})
+    >>> found.keys, found.section
+    (('batch[0][0] 4x2 float32', 'params.w'), 'batch')
+    >>> describe_difference(found.keys)
+    'the input batch (batch[0] 4x2 float32)'
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class EntryDifference:
     """What differs between two entries of the same position in two records.
 
     Attributes:
-        keys: The values that differ (``"params.fc.weight"``, ``"batch[0][0]"``), in
+        keys: The values that differ (``"params.fc.weight"``, ``"batch[0][1] 32 int64"``), in
             causal order; ``("steps",)`` when the entries are of different steps or
             optimizers.
         rank: Under torchrun, the rank whose difference comes first in causal order (its
@@ -126,14 +130,25 @@ def compare_entries(
 def describe_difference(keys: Sequence[str]) -> str:
     """The first differing value, in words.
 
+    A batch's tensor is named by its label (structure path, shape, dtype), and by the
+    batch's place in the step when it is not the step's first (a micro-batch).
+
     Example:
         >>> describe_difference(["grads.fc.weight", "grads.fc.bias"])
         'gradients of fc.weight (+1 more)'
+        >>> describe_difference(['batch[0]["input_ids"] 16x16 int64'])
+        'the input batch (batch["input_ids"] 16x16 int64)'
+        >>> describe_difference(["batch[2][1] 32 int64"])
+        'the input batch (batch[1] 32 int64, batch 3 of the step)'
     """
     if not keys:
         return "the runs recorded a different number of steps"
     key, section = keys[0], section_of(keys[0])
-    if section in (BATCH, STEPS):
+    if section == BATCH:
+        place, _, label = key[len(BATCH) + 1 :].partition("]")
+        which = f", batch {int(place) + 1} of the step" if place.isdigit() and place != "0" else ""
+        return f"{_SECTION_WORDS[section]} ({BATCH}{label}{which})"
+    if section == STEPS:
         return f"{_SECTION_WORDS[section]} ({key})"
     name = key.split(".", 1)[1] if "." in key else key
     more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from torchrepro.digests import _PendingDigests
+from torchrepro.records._batches import Batch
 from torchrepro.records._capture import LogValue, log_value
 from torchrepro.records.format import ALGORITHM, BATCH, GRADS, LOG, OPTIMIZER, PARAMS, STEP
 
@@ -54,7 +55,7 @@ class PendingEntry:
     keys: list[str]  # the JSON key of each digest
     params: int  # how many of the digests are parameters
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
+    batch: list[Batch]
     taken: dict[str, Any]  # rng and replicas, when taken
 
 
@@ -68,7 +69,7 @@ class Backward:
     algorithm: str
     rng: dict[str, str] | None
     logs: dict[str, LogValue]
-    batch: list[_PendingDigests]
+    batch: list[Batch]
 
 
 def _pairs(keys: Sequence[str], digests: Sequence[str]) -> str:
@@ -91,7 +92,7 @@ def entry_line(pending: PendingEntry, grads: bool, batch: bool, algorithm: str |
     if grads:
         parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
     if batch:
-        parts += [f',"{BATCH}":', _encode([b.hexdigests() for b in pending.batch])]
+        parts += [f',"{BATCH}":', _encode([b.value() for b in pending.batch])]
     if pending.logs:
         logged = {k: log_value(v, algorithm) for k, v in pending.logs.items()}
         parts += [f',"{LOG}":', _encode(logged)]

@@ -4,7 +4,7 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
 
 * line 1, the header, written at the first step (no step, no file) so that its
   environment manifest shows what the script set up (threads, flags):
-  ``{"format": "torchrepro-record", "schema_version": 2, "created": "...", "rank": 0,
+  ``{"format": "torchrepro-record", "schema_version": 3, "created": "...", "rank": 0,
   "world_size": 1, "argv": ["python", "train.py"], "pid": 4242, "started": 1765.2e6,
   "options": {...}, "env": {...environment manifest...}}``; ``argv`` (the command line
   of the process), ``pid`` and ``started`` (when the process started, in seconds since
@@ -14,12 +14,17 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
   hand-written update, or a ``torchrepro.step()`` call: :mod:`torchrepro.records.writer`;
   ``"optimizer"`` is the optimizer's index, ``null`` for a step no optimizer made):
   ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
-  "params": {"fc.weight": "<32 hex>", ...}, "grads": {...}, "batch": [[...], ...],
+  "params": {"fc.weight": "<32 hex>", ...}, "grads": {...},
+  "batch": [{"batch[\"input_ids\"] 16x16 int64": "<32 hex>", ...}, ...],
   "rng": {"python": ..., "numpy": ..., "torch": ..., "generator:aug": ...},
   "log": {"loss": 0.69}}`` (the optional sections only when switched on or used), and
   under DDP, at the steps where the replicas were compared, ``"replicas": {"step": 0,
   "checked": 4, "drifting": [[1, "fc.weight"]]}`` (see :mod:`torchrepro.distributed`).
   ``rng`` holds one digest per RNG source of :mod:`torchrepro._sources` in use, by name.
+  ``batch`` holds one object per batch the step trained on (one per micro-batch), in order:
+  what the data pipeline yielded (:mod:`torchrepro.records._batches`), each tensor's digest
+  under its label, ``batch``, its path in the batch, its shape and dtype
+  (``batch[1] 32 int64``, ``batch 8x4 float32`` for a bare tensor).
 
 Each line is written and flushed as its step ends, so a crash loses at most the step in
 flight; :func:`read_record` reads a record cut mid-line back to its last complete entry.
@@ -37,7 +42,7 @@ Example:
     ...         opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
     >>> rec = read_record("run.jsonl")
     >>> rec.header["schema_version"], [entry["step"] for entry in rec.entries]
-    (2, [0, 1])
+    (3, [0, 1])
     >>> list(entry_values(rec.entries[0]))
     ['params.weight', 'params.bias']
 """
@@ -71,7 +76,8 @@ FORMAT = "torchrepro-record"
 # only by the version that wrote them, and diff refuses to compare across versions.
 # 2: "rng" digests every source of the RNG table (MPS, XPU, registered generators), by
 # source name, from its plain-data state.
-SCHEMA_VERSION = 2
+# 3: "batch" holds what the data pipeline yielded, by label (structure path, shape, dtype).
+SCHEMA_VERSION = 3
 
 # Keys of an entry.
 STEP = "step"
@@ -152,17 +158,20 @@ def causal_rank(section: str) -> int:
 def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
     """Everything comparable in an entry, as ``section.name -> value``, in causal order.
 
-    Batch digests are keyed ``batch[i][j]`` (the ``j``-th tensor of the ``i``-th outermost
-    call of the step); logged numbers are kept as exact JSON text.
+    Batch digests are keyed by their label with the batch's place in the step:
+    ``batch[0]["input_ids"] 16x16 int64`` (a tensor of the step's first batch); logged
+    numbers are kept as exact JSON text.
 
     Example:
         >>> entry_values({"step": 0, "params": {"w": "ab"}, "log": {"loss": 0.5}})
         {'log.loss': '0.5', 'params.w': 'ab'}
+        >>> list(entry_values({"step": 0, "batch": [{"batch[1] 32 int64": "cd"}]}))
+        ['batch[0][1] 32 int64']
     """
     out: dict[str, Any] = {}
-    for i, digests in enumerate(entry.get(BATCH, [])):
-        for j, digest in enumerate(digests):
-            out[f"{BATCH}[{i}][{j}]"] = digest
+    for i, batch in enumerate(entry.get(BATCH, [])):
+        for label, digest in batch.items():
+            out[f"{BATCH}[{i}]{label[len(BATCH) :]}"] = digest
     for section in SECTIONS[1:]:
         for name, value in entry.get(section, {}).items():
             # json.dumps keeps the float exact and tells NaN apart from a missing value.
@@ -182,7 +191,7 @@ def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:
         >>> parse_header(old, "old.jsonl")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        torchrepro.errors.RecordError: 'old.jsonl' has record schema version 1; expected 2. ...
+        torchrepro.errors.RecordError: 'old.jsonl' has record schema version 1; expected 3. ...
     """
     try:
         found = json.loads(line)

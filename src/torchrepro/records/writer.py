@@ -3,8 +3,8 @@
 ``record(path)`` hooks the training in this process (no change to model code) and appends
 one JSON line per step: step index, the digest of every parameter after the step (by
 module path where a module owning it ran forward, else ``group{g}.{i}``), and optionally
-gradients, the batch that went into the outermost module calls, RNG states and values
-given to ``log()``. The file's layout is :mod:`torchrepro.records.format`'s.
+gradients, the batches the data pipeline yielded for the step (:mod:`._batches`), RNG
+states and values given to ``log()``. The file's layout is :mod:`torchrepro.records.format`'s.
 
 What a step is, with no code change:
 
@@ -73,6 +73,7 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import _contract, distributed
 from torchrepro.digests import _digest_tensors, _PendingDigests
 from torchrepro.env import environment
+from torchrepro.records._batches import BatchCapture
 from torchrepro.records._capture import (
     LogValue,
     module_parameters,
@@ -83,13 +84,7 @@ from torchrepro.records._capture import (
 )
 from torchrepro.records._entries import Backward, PendingEntry, Plan, entry_line
 from torchrepro.records.files import claim_record, rank_path, this_process
-from torchrepro.records.format import (
-    BATCH,
-    GRADS,
-    REPLICAS,
-    RNG,
-    header,
-)
+from torchrepro.records.format import BATCH, GRADS, REPLICAS, RNG, header
 
 __all__ = ["LogValue", "Recorder"]
 
@@ -110,7 +105,6 @@ class Recorder:
     Attributes:
         path: The file being written (with the rank inserted when WORLD_SIZE > 1).
         entries: Number of step entries written so far.
-        hook_seconds: Host time spent inside torchrepro's hooks: the recorder's overhead.
     """
 
     def __init__(
@@ -129,7 +123,7 @@ class Recorder:
         self._options = {GRADS: grads, BATCH: batch, RNG: rng, "algorithm": algorithm}
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
-        self.hook_seconds = 0.0
+        self._seconds = 0.0
         self._plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, Plan] = (
             weakref.WeakKeyDictionary()
         )
@@ -138,7 +132,7 @@ class Recorder:
         self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._module_plan: Plan | None = None  # the roots' parameters; None: roots changed
         self._logs: dict[str, LogValue] = {}
-        self._batches: list[_PendingDigests] = []
+        self._batches = BatchCapture(algorithm, on=batch)
         self._depth = 0
         self._steps = 0  # steps that were no optimizer's (backward passes, step() calls)
         self._optimizer_stepped = False
@@ -183,10 +177,8 @@ class Recorder:
                 self._module_plan = None
                 self._compiled = self._compiled or unwrapped(module) is not module
             if self.batch:
-                tensors: list[torch.Tensor] = []
-                tensors_in(args, tensors)
-                self._batches.append(_digest_tensors(tensors, self.algorithm, shards=True))
-            self.hook_seconds += time.perf_counter() - t0
+                self._batches.on_call(module, args)
+            self._seconds += time.perf_counter() - t0
         self._depth += 1
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -231,10 +223,10 @@ class Recorder:
             digests.algorithm,
             rng_digests() if self.rng else None,
             self._logs,
-            self._batches,
+            self._batches.take(),
         )
-        self._logs, self._batches = {}, []
-        self.hook_seconds += time.perf_counter() - t0
+        self._logs = {}
+        self._seconds += time.perf_counter() - t0
 
     def _on_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -247,7 +239,7 @@ class Recorder:
             if not (self.batch or self._compiled):
                 self._remove_forward_hooks()
         self._optimizer_entry(optimizer)
-        self.hook_seconds += time.perf_counter() - t0
+        self._seconds += time.perf_counter() - t0
 
     # -- steps -------------------------------------------------------------------------
 
@@ -299,9 +291,9 @@ class Recorder:
         if replicas is not None:
             taken[REPLICAS] = replicas
         pending = PendingEntry(
-            step, plan.index, digests, keys, len(params), self._logs, self._batches, taken
+            step, plan.index, digests, keys, len(params), self._logs, self._batches.take(), taken
         )
-        self._logs, self._batches = {}, []
+        self._logs = {}
         return pending
 
     def _settle(self) -> None:
@@ -328,7 +320,7 @@ class Recorder:
         if waiting is None:
             waiting, self._backward = self._backward, None
         if waiting is not None:
-            self._batches[:0] = waiting.batch
+            self._batches.give_back(waiting.batch)
             self._logs = {**waiting.logs, **self._logs}
 
     def _mark(self) -> None:
@@ -342,7 +334,7 @@ class Recorder:
             self._submit(self._entry(plan, plan.tensors, self._steps))
             self._steps += 1
         self._submitted_at_mark = self._submitted
-        self.hook_seconds += time.perf_counter() - t0
+        self._seconds += time.perf_counter() - t0
 
     def add_step_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener()`` at the end of each step, before its entry is digested.
@@ -438,6 +430,7 @@ class Recorder:
                 self._waiting = None
         finally:
             self._closed = True
+            self._batches.close()
             for handle in (*self._handles, *self._forward_handles):
                 handle.remove()
             if self._file is not None:
@@ -445,6 +438,11 @@ class Recorder:
             if self._warning_filter in warnings.filters:
                 warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
             atexit.unregister(self.close)
+
+    @property
+    def hook_seconds(self) -> float:
+        """Host time spent inside torchrepro's hooks: the recorder's overhead."""
+        return self._seconds + self._batches.seconds
 
     @property
     def closed(self) -> bool:
