@@ -31,7 +31,7 @@ a graph). A compiled model's wrapper is called eagerly, so its batch and the end
 backward pass are seen; its parameters are named by the module paths of the model it wraps,
 as in the plain model. A model compiled in place (``model.compile()``) or inside a compiled
 function runs no hook outside the graph: its parameters are named ``group{g}.{i}`` and its
-batch is not recorded.
+batch is recorded only from a DataLoader.
 
 Example:
     >>> model = torch.nn.Linear(2, 1)
