@@ -57,15 +57,15 @@ CASES = {
         "nondeterministic-op", "gave a different output from identical inputs, in the same",
     ),
     "the batch": Case(
-        ("batch[0] (4 int64)", "params.w"), {"rng": [IDLE]},
-        "data", "the input batch[0] (4 int64) differs at step 3, before the model sees it",
+        ("batch[0] 4 int64", "params.w"), {"rng": [IDLE]},
+        "data", "the input batch (batch 4 int64) differs at step 3, before the model sees it",
     ),
     "the batch after a drawn generator parted": Case(
-        ("batch[0] (4 int64)",), {"rng": [CLOCK]},
+        ("batch[0] 4 int64",), {"rng": [CLOCK]},
         "rng", "torch's CPU generator differs from step 1, before the first computed",
     ),
     "the batch drawn from a generator that parts in that step": Case(
-        ("batch (4x8 float32)",), {"rng": [SAME_STEP]},
+        ("batch[0] 4x8 float32",), {"rng": [SAME_STEP]},
         "rng", "parts in that same step: a reseed or a different number of draws",
     ),
     "parameters after a drawn generator parted": Case(

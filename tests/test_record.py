@@ -78,7 +78,7 @@ def test_optional_grads_batch_and_rng_are_recorded(tmp_path: Path) -> None:
         "weight": fingerprint(model.weight.grad),
         "bias": fingerprint(model.bias.grad),
     }  # type: ignore[arg-type]
-    assert entry["batch"] == [{" (5x4 float32)": str(fingerprint(x))}]
+    assert entry["batch"] == [{"batch 5x4 float32": fingerprint(x)}]  # fed by hand: the input
     assert list(entry["rng"])[:3] == ["python", "numpy", "torch"]  # in the table's order
     (torch_source,) = (s for s in _sources.available_sources() if s.name == "torch")
     assert entry["rng"]["torch"] == fingerprint(torch_source.encode(torch_source.get_state()))

@@ -85,8 +85,7 @@ def test_a_compiled_model_is_recorded_by_its_plain_names_with_its_batches(
     torch.manual_seed(0)
     compiled.Net()
     data = torch.randn(6, 8, 4)
-    batches = [[{" (8x4 float32)": str(fingerprint(x))}] for x in data]
-    assert [e["batch"] for e in entries] == batches
+    assert [e["batch"] for e in entries] == [[{"batch 8x4 float32": fingerprint(x)}] for x in data]
 
 
 def test_a_compiled_model_is_checked_identical_and_noise_diverges_at_its_step(
@@ -191,7 +190,7 @@ def test_a_hand_written_update_is_recorded_once_per_step_after_the_update(
     names = [name for name, _ in handwritten.RNNModel().named_parameters()]
     assert all(list(e["params"]) == list(e["grads"]) == names for e in entries)
     assert entries[-1]["params"] == json.loads(final.read_text())  # after the last update
-    assert len(entries[0]["batch"]) == 1  # the model's input; the loss module owns no parameters
+    assert len(entries[0]["batch"]) == 1  # the model's input; a loss module's is no batch
 
 
 def test_a_hand_written_update_is_checked_identical_and_noise_diverges_at_its_step(

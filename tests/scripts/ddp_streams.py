@@ -5,10 +5,10 @@ augmentation drawn in the main process and in a DataLoader worker, the dropout m
 DistributedSampler's seed and order, and the final parameters' digest.
 
 SEED: the seed for seed_everything ("none": no seed; "skip": no seed_everything call).
-PLANT_NOISE_RANK / PLANT_NOISE_STEP: that rank adds os.urandom noise to its batch at that
-step (an unseeded augmentation). PLANT_DRIFT_RANK / PLANT_DRIFT_STEP: that rank edits a
-parameter in place after that step, outside DDP's all-reduce. INIT_FIRST=1: initialise the
-process group before seed_everything.
+PLANT_NOISE_RANK / PLANT_NOISE_STEP: that rank's loader adds os.urandom noise to the batch
+of that step (an unseeded augmentation, in the collate function). PLANT_DRIFT_RANK /
+PLANT_DRIFT_STEP: that rank edits a parameter in place after that step, outside DDP's
+all-reduce. INIT_FIRST=1: initialise the process group before seed_everything.
 """
 
 from __future__ import annotations
@@ -44,6 +44,21 @@ class Draws(Dataset[torch.Tensor]):
         return torch.rand(4) + float(np.random.rand())
 
 
+class Collate:
+    """Stacks the samples; adds the planted noise to the batch of the planted step."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.calls = rank, 0
+
+    def __call__(self, samples: list[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(samples)
+        if self.rank == NOISE_RANK and self.calls == NOISE_STEP:
+            noise = torch.frombuffer(bytearray(os.urandom(4 * batch.numel())), dtype=torch.int32)
+            batch = batch + noise.reshape(batch.shape).float() * 1e-12
+        self.calls += 1
+        return batch
+
+
 def digest(model: nn.Module) -> str:
     hasher = hashlib.sha256()
     for parameter in model.parameters():
@@ -67,15 +82,12 @@ def main() -> None:
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     sampler = DistributedSampler(Draws())
-    loader = DataLoader(sampler.dataset, batch_size=4, sampler=sampler)
+    loader = DataLoader(sampler.dataset, batch_size=4, sampler=sampler, collate_fn=Collate(rank))
     worker_loader = DataLoader(Draws(), batch_size=4, num_workers=1)
     masks, batches = [], []
     for step, batch in enumerate(loader):
         if step == STEPS:
             break
-        if rank == NOISE_RANK and step == NOISE_STEP:
-            noise = torch.frombuffer(bytearray(os.urandom(4 * batch.numel())), dtype=torch.int32)
-            batch = batch + noise.reshape(batch.shape).float() * 1e-12
         batches.append(batch.tolist())
         hidden = model[0](batch)
         masks.append((model[1](torch.ones_like(hidden)) == 0).tolist())

@@ -311,8 +311,8 @@ def diagnose(
         rng, step, rank, entry, first: As for :func:`classify`.
 
     Example:
-        >>> diagnose(["batch[0] (4x8 float32)"], step=0)[0]
-        'the input batch[0] (4x8 float32) differs at step 0, before the model sees it: look at data order and augmentation'
+        >>> diagnose(["batch[0] 4x8 float32"], step=0)[0]
+        'the input batch (batch 4x8 float32) differs at step 0, before the model sees it: look at data order and augmentation'
         >>> where = Localization("op", "aten.mm.default", "fc", "forward", index=3)
         >>> for cause in diagnose(["grads.fc.weight"], step=2, localization=where,
         ...                       deterministic=False):

@@ -6,11 +6,14 @@ that differs changes nothing computed until the training draws from it, and then
 drew shows in those values. :mod:`~torchrepro.compare.rng` compares them, as evidence.
 
 Example:
-    >>> a = {"step": 3, "optimizer": 0, "batch": [{"[1] (32 int64)": "b0"}], "params": {"w": "a"}}
-    >>> b = {**a, "batch": [{"[1] (32 int64)": "b1"}], "params": {"w": "b"}}
-    >>> found = compare_entries(a, b)
-    >>> found.keys, found.section, describe_difference(found.keys)
-    (('batch[1] (32 int64)', 'params.w'), 'batch', 'the input batch[1] (32 int64)')
+    >>> a = {"step": 3, "optimizer": 0, "batch": [{"batch[0] 4x2 float32": "b0"}],
+    ...      "params": {"w": "aa"}}
+    >>> found = compare_entries(a, {**a, "batch": [{"batch[0] 4x2 float32": "b1"}],
+    ...                             "params": {"w": "ab"}})
+    >>> found.keys, found.section
+    (('batch[0][0] 4x2 float32', 'params.w'), 'batch')
+    >>> describe_difference(found.keys)
+    'the input batch (batch[0] 4x2 float32)'
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ class EntryDifference:
     """What differs between two entries of the same position in two records.
 
     Attributes:
-        keys: The computed values that differ (``"params.fc.weight"``, ``"batch[1] (32 int64)"``),
-            in causal order; ``("steps",)`` when the entries are of different steps or
-            optimizers. Never RNG states.
+        keys: The computed values that differ (``"params.fc.weight"``,
+            ``"batch[0][1] 32 int64"``), in causal order; ``("steps",)`` when the entries
+            are of different steps or optimizers. Never RNG states.
         rank: Under torchrun, the rank whose difference comes first in causal order (its
             batch or logged loss before anyone's all-reduced gradients), the lowest on a
             tie: where the difference most likely started. None for one process.
@@ -135,19 +138,26 @@ def compare_entries(
 def describe_difference(keys: Sequence[str]) -> str:
     """The first differing value, in words.
 
+    A batch's tensor is named by its label (structure path, shape, dtype), and by the
+    batch's place in the step when it is not the step's first (a micro-batch).
+
     Example:
         >>> describe_difference(["grads.fc.weight", "grads.fc.bias"])
         'gradients of fc.weight (+1 more)'
+        >>> describe_difference(['batch[0]["input_ids"] 16x16 int64'])
+        'the input batch (batch["input_ids"] 16x16 int64)'
+        >>> describe_difference(["batch[2][1] 32 int64"])
+        'the input batch (batch[1] 32 int64, batch 3 of the step)'
     """
     if not keys:
         return "the runs recorded a different number of steps"
     key, section = keys[0], section_of(keys[0])
+    if section == BATCH:
+        place, _, label = key[len(BATCH) + 1 :].partition("]")
+        which = f", batch {int(place) + 1} of the step" if place.isdigit() and place != "0" else ""
+        return f"{_SECTION_WORDS[section]} ({BATCH}{label}{which})"
     if section == STEPS:
         return f"{_SECTION_WORDS[section]} ({key})"
-    if section == BATCH:
-        batch = [k for k in keys if section_of(k) == BATCH]
-        more = f" (+{len(batch) - 1} more)" if len(batch) > 1 else ""
-        return f"the input {key}{more}"
     name = key.split(".", 1)[1] if "." in key else key
     more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
     return f"{_SECTION_WORDS.get(section, section)} of {name}{more}"

@@ -1,5 +1,9 @@
 """What a record entry holds besides the parameters: batch tensors, RNG digests, log values.
 
+A batch's tensors are labelled by where they sit in it and what they are:
+``batch["input_ids"] 16x16 int64``, ``batch[1] 32 int64``, ``batch 8x4 float32`` (a bare
+tensor); :func:`labelled_tensors` makes the labels.
+
 Also the names under which the parameters are recorded: module paths in the user's model.
 A ``torch.compile``'d model is named through the model it wraps, so its parameters have
 the plain model's names (``"0.weight"``, not ``"_orig_mod.0.weight"``) and the records of
@@ -9,6 +13,7 @@ calls these in its hooks.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
@@ -20,6 +25,8 @@ from torchrepro.digests import fingerprint
 
 __all__ = [
     "LogValue",
+    "digestible",
+    "labelled_tensors",
     "log_value",
     "module_parameters",
     "parameter_names",
@@ -49,6 +56,51 @@ def tensors_in(obj: Any, out: list[torch.Tensor]) -> None:
     elif isinstance(obj, Mapping):
         for key in obj:
             tensors_in(obj[key], out)
+
+
+def _walk(obj: Any, path: str, out: list[tuple[str, torch.Tensor]]) -> None:
+    if isinstance(obj, torch.Tensor):
+        out.append((path, obj))
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            _walk(item, f"{path}[{i}]", out)
+    elif isinstance(obj, Mapping):
+        for key in obj:
+            name = json.dumps(key) if isinstance(key, str) else repr(key)
+            _walk(obj[key], f"{path}[{name}]", out)
+
+
+def labelled_tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
+    """The tensors in a batch (nested lists, tuples, mappings), in order, each with its label.
+
+    A label is ``batch``, the tensor's path in the structure, its shape and its dtype.
+
+    Example:
+        >>> batch = {"input_ids": torch.zeros(16, 16, dtype=torch.int64), "n": 3}
+        >>> [label for label, _ in labelled_tensors(batch)]
+        ['batch["input_ids"] 16x16 int64']
+        >>> [label for label, _ in labelled_tensors((torch.ones(4, 2), torch.ones(4)))]
+        ['batch[0] 4x2 float32', 'batch[1] 4 float32']
+    """
+    found: list[tuple[str, torch.Tensor]] = []
+    _walk(obj, "batch", found)
+    return [(f"{path} {_shape(t)} {str(t.dtype).removeprefix('torch.')}", t) for path, t in found]
+
+
+def _shape(t: torch.Tensor) -> str:
+    if t.is_nested:
+        return "nested"
+    return "x".join(str(n) for n in t.shape) if t.dim() else "scalar"
+
+
+def digestible(t: torch.Tensor) -> bool:
+    """Whether a tensor's values can be digested: plain (strided) memory that holds data.
+
+    Example:
+        >>> digestible(torch.ones(2)), digestible(torch.eye(2).to_sparse())
+        (True, False)
+    """
+    return t.layout == torch.strided and not (t.is_nested or t.is_meta)
 
 
 def _in_use(source: RNGSource) -> bool:

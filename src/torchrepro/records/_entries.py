@@ -19,11 +19,21 @@ from typing import Any
 import torch
 
 from torchrepro.digests import _PendingDigests
+from torchrepro.records._batches import Batch
 from torchrepro.records._capture import LogValue, log_value
 from torchrepro.records._stats import PendingStats
-from torchrepro.records.format import ALGORITHM, BATCH, GRADS, LOG, OPTIMIZER, PARAMS, STATS, STEP
+from torchrepro.records.format import (
+    ALGORITHM,
+    BATCH,
+    GRADS,
+    LOG,
+    OPTIMIZER,
+    PARAMS,
+    STATS,
+    STEP,
+)
 
-__all__ = ["Backward", "Batch", "PendingEntry", "Plan", "entry_line"]
+__all__ = ["Backward", "PendingEntry", "Plan", "entry_line"]
 
 # One encoder for every line, not one per json.dumps call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -45,17 +55,6 @@ class Plan:
     def rename(self, names: list[str]) -> None:
         self.names = names
         self.keys = [json.dumps(name) + ':"' for name in names]
-
-
-@dataclass
-class Batch:
-    """One batch a step trained on: its tensors' labels, and their digests."""
-
-    labels: list[str]
-    digests: _PendingDigests
-
-    def as_json(self) -> dict[str, str]:
-        return dict(zip(self.labels, self.digests.hexdigests()))
 
 
 @dataclass
@@ -105,12 +104,10 @@ def entry_line(pending: PendingEntry, grads: bool, batch: bool, algorithm: str |
         parts += [f',"{GRADS}":{{', _pairs(keys[n:], digests[n:]), "}"]
     if pending.stats is not None:
         sizes = pending.stats.values()
-        parts += [
-            f',"{STATS}":',
-            _encode({PARAMS: sizes[:n], **({GRADS: sizes[n:]} if grads else {})}),
-        ]
+        measured = {PARAMS: sizes[:n], **({GRADS: sizes[n:]} if grads else {})}
+        parts += [f',"{STATS}":', _encode(measured)]
     if batch:
-        parts += [f',"{BATCH}":', _encode([b.as_json() for b in pending.batch])]
+        parts += [f',"{BATCH}":', _encode([b.value() for b in pending.batch])]
     if pending.logs:
         logged = {k: log_value(v, algorithm) for k, v in pending.logs.items()}
         parts += [f',"{LOG}":', _encode(logged)]

@@ -15,16 +15,19 @@ A record is a file of JSON lines, append-only, schema version :data:`SCHEMA_VERS
   ``"optimizer"`` is the optimizer's index, ``null`` for a step no optimizer made):
   ``{"step": 0, "optimizer": 0, "algorithm": "xxh3_128",
   "params": {"fc.weight": "<32 hex>", ...}, "grads": {...},
-  "batch": [{"[0] (32x8 float32)": "<32 hex>", "[1] (32 int64)": ...}, ...],
+  "batch": [{"batch[\"input_ids\"] 16x16 int64": "<32 hex>", ...}, ...],
   "rng": {"python": ..., "numpy": ..., "torch": ..., "generator:aug": ...},
   "log": {"loss": 0.69}}`` (the optional sections only when switched on or used), and
   under DDP, at the steps where the replicas were compared, ``"replicas": {"step": 0,
   "checked": 4, "drifting": [[1, "fc.weight"]]}`` (see :mod:`torchrepro.distributed`).
-  ``rng`` holds one digest per RNG source of :mod:`torchrepro._sources` in use, by name;
-  ``batch`` one object per batch the data pipeline yielded in the step, tensor labels to
-  digests (:mod:`torchrepro.records._batches`); ``stats`` the sizes of the parameters and
-  gradients, in their order (``{"params": [[sum |x|, L2, max |x|], ...], "grads": ...}``,
-  ``null`` for a tensor not measured: :mod:`torchrepro.records._stats`).
+  ``rng`` holds one digest per RNG source of :mod:`torchrepro._sources` in use, by name.
+  ``batch`` holds one object per batch the step trained on (one per micro-batch), in order:
+  what the data pipeline yielded (:mod:`torchrepro.records._batches`), each tensor's digest
+  under its label, ``batch``, its path in the batch, its shape and dtype
+  (``batch[1] 32 int64``, ``batch 8x4 float32`` for a bare tensor). ``stats`` holds
+  the sizes of the parameters and gradients, in their order (``{"params": [[sum |x|, L2,
+  max |x|], ...], "grads": ...}``, ``null`` for a tensor not measured:
+  :mod:`torchrepro.records._stats`).
 
 Each line is written and flushed as its step ends, so a crash loses at most the step in
 flight; :func:`read_record` reads a record cut mid-line back to its last complete entry.
@@ -78,8 +81,8 @@ FORMAT = "torchrepro-record"
 # only by the version that wrote them, and diff refuses to compare across versions.
 # 2: "rng" digests every source of the RNG table (MPS, XPU, registered generators), by
 # source name, from its plain-data state.
-# 3: "batch" holds what the data pipeline yielded, labelled, not the inputs of module calls;
-# "stats" the sizes of params and grads.
+# 3: "batch" holds what the data pipeline yielded, by label (structure path, shape, dtype).
+# "stats" holds the sizes of params and grads.
 SCHEMA_VERSION = 3
 
 # Keys of an entry.
@@ -164,20 +167,20 @@ def causal_rank(section: str) -> int:
 def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
     """Everything comparable in an entry, as ``section.name -> value``, in causal order.
 
-    Batch digests are keyed by their labels (``batch["input_ids"] (16x16 int64)``, with
-    `` #2`` appended for the second batch of a step); logged numbers are kept as exact
-    JSON text.
+    Batch digests are keyed by their label with the batch's place in the step:
+    ``batch[0]["input_ids"] 16x16 int64`` (a tensor of the step's first batch); logged
+    numbers are kept as exact JSON text.
 
     Example:
         >>> entry_values({"step": 0, "params": {"w": "ab"}, "log": {"loss": 0.5}})
         {'log.loss': '0.5', 'params.w': 'ab'}
+        >>> list(entry_values({"step": 0, "batch": [{"batch[1] 32 int64": "cd"}]}))
+        ['batch[0][1] 32 int64']
     """
     out: dict[str, Any] = {}
     for i, batch in enumerate(entry.get(BATCH, [])):
-        # The first batch of a step, as usual; further ones (gradient accumulation) numbered.
-        more = f" #{i + 1}" if i else ""
         for label, digest in batch.items():
-            out[f"{BATCH}{label}{more}"] = digest
+            out[f"{BATCH}[{i}]{label[len(BATCH) :]}"] = digest
     for section in SECTIONS[1:]:
         for name, value in entry.get(section, {}).items():
             # json.dumps keeps the float exact and tells NaN apart from a missing value.

@@ -3,8 +3,8 @@
 ``record(path)`` hooks the training in this process (no change to model code) and appends
 one JSON line per step: step index, the digest of every parameter after the step (by
 module path where a module owning it ran forward, else ``group{g}.{i}``), and optionally
-gradients, the batch that went into the outermost module calls, RNG states and values
-given to ``log()``. The file's layout is :mod:`torchrepro.records.format`'s.
+gradients, the batches the data pipeline yielded for the step (:mod:`._batches`), RNG
+states and values given to ``log()``. The file's layout is :mod:`torchrepro.records.format`'s.
 
 What a step is, with no code change:
 
@@ -31,7 +31,7 @@ a graph). A compiled model's wrapper is called eagerly, so its batch and the end
 backward pass are seen; its parameters are named by the module paths of the model it wraps,
 as in the plain model. A model compiled in place (``model.compile()``) or inside a compiled
 function runs no hook outside the graph: its parameters are named ``group{g}.{i}`` and its
-batch is not recorded.
+batch is recorded only from a DataLoader.
 
 Example:
     >>> model = torch.nn.Linear(2, 1)
@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import time
@@ -74,7 +73,7 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import _contract, distributed
 from torchrepro.digests import _digest_tensors, _PendingDigests
 from torchrepro.env import environment
-from torchrepro.records import _batches
+from torchrepro.records._batches import BatchCapture
 from torchrepro.records._capture import (
     LogValue,
     module_parameters,
@@ -83,16 +82,10 @@ from torchrepro.records._capture import (
     tensors_in,
     unwrapped,
 )
-from torchrepro.records._entries import Backward, Batch, PendingEntry, Plan, entry_line
+from torchrepro.records._entries import Backward, PendingEntry, Plan, entry_line
 from torchrepro.records._stats import PendingStats
 from torchrepro.records.files import claim_record, rank_path, this_process
-from torchrepro.records.format import (
-    BATCH,
-    GRADS,
-    REPLICAS,
-    RNG,
-    header,
-)
+from torchrepro.records.format import BATCH, GRADS, REPLICAS, RNG, header
 
 __all__ = ["LogValue", "Recorder"]
 
@@ -107,17 +100,12 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 _COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 
 
-def _owns_parameters(module: torch.nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
-
-
 class Recorder:
     """An open run record. Made by :func:`record`; close it with :meth:`close` or ``with``.
 
     Attributes:
         path: The file being written (with the rank inserted when WORLD_SIZE > 1).
         entries: Number of step entries written so far.
-        hook_seconds: Host time spent inside torchrepro's hooks: the recorder's overhead.
     """
 
     def __init__(
@@ -136,7 +124,7 @@ class Recorder:
         self._options = {GRADS: grads, BATCH: batch, RNG: rng, "algorithm": algorithm}
         self.grads, self.batch, self.rng, self.algorithm = grads, batch, rng, algorithm
         self.entries = 0
-        self.hook_seconds = 0.0
+        self._seconds = 0.0
         self._plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, Plan] = (
             weakref.WeakKeyDictionary()
         )
@@ -145,8 +133,7 @@ class Recorder:
         self._roots: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._module_plan: Plan | None = None  # the roots' parameters; None: roots changed
         self._logs: dict[str, LogValue] = {}
-        self._batches: list[Batch] = []
-        self._loader_seen = False  # a loader yielded: batches are what loaders yield
+        self._batches = BatchCapture(algorithm, on=batch)
         self._depth = 0
         self._steps = 0  # steps that were no optimizer's (backward passes, step() calls)
         self._optimizer_stepped = False
@@ -173,9 +160,6 @@ class Recorder:
             register_module_forward_pre_hook(self._on_forward_pre),
             register_module_forward_hook(self._on_forward_post, always_call=True),
         ]
-        self._listening = contextlib.ExitStack()
-        if batch:
-            self._listening.enter_context(_batches.listening(self._on_batch))
         warnings.filterwarnings("ignore", _COMPILE_HOOK_WARNING, UserWarning)
         self._warning_filter = warnings.filters[0]
         atexit.register(self.close)
@@ -193,24 +177,10 @@ class Recorder:
                 self._roots.add(module)
                 self._module_plan = None
                 self._compiled = self._compiled or unwrapped(module) is not module
-            if self.batch and not self._loader_seen and _owns_parameters(module):
-                # No loader in sight: the inputs of the model (a loss module owns no parameters).
-                self._add_batch(args[0] if len(args) == 1 else args)
-            self.hook_seconds += time.perf_counter() - t0
+            if self.batch:
+                self._batches.on_call(module, args)
+            self._seconds += time.perf_counter() - t0
         self._depth += 1
-
-    def _on_batch(self, batch: Any) -> None:
-        t0 = time.perf_counter()
-        if not self._loader_seen:
-            self._loader_seen = True
-            self._batches = []  # model inputs recorded before the first loader batch
-        self._add_batch(batch)
-        self.hook_seconds += time.perf_counter() - t0
-
-    def _add_batch(self, batch: Any) -> None:
-        labelled = _batches.labelled_tensors(batch)
-        digests = _digest_tensors([t for _, t in labelled], self.algorithm, shards=True)
-        self._batches.append(Batch([label for label, _ in labelled], digests))
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if _is_compiling():
@@ -254,10 +224,10 @@ class Recorder:
             digests.algorithm,
             rng_digests() if self.rng else None,
             self._logs,
-            self._batches,
+            self._batches.take(),
         )
-        self._logs, self._batches = {}, []
-        self.hook_seconds += time.perf_counter() - t0
+        self._logs = {}
+        self._seconds += time.perf_counter() - t0
 
     def _on_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -270,7 +240,7 @@ class Recorder:
             if not (self.batch or self._compiled):
                 self._remove_forward_hooks()
         self._optimizer_entry(optimizer)
-        self.hook_seconds += time.perf_counter() - t0
+        self._seconds += time.perf_counter() - t0
 
     # -- steps -------------------------------------------------------------------------
 
@@ -321,6 +291,7 @@ class Recorder:
             taken[RNG] = rng_digests()
         if replicas is not None:
             taken[REPLICAS] = replicas
+        batches = self._batches.take()
         pending = PendingEntry(
             step,
             plan.index,
@@ -328,11 +299,11 @@ class Recorder:
             keys,
             len(params),
             self._logs,
-            self._batches,
+            batches,
             taken,
             PendingStats(tensors),
         )
-        self._logs, self._batches = {}, []
+        self._logs = {}
         return pending
 
     def _settle(self) -> None:
@@ -359,7 +330,7 @@ class Recorder:
         if waiting is None:
             waiting, self._backward = self._backward, None
         if waiting is not None:
-            self._batches[:0] = waiting.batch
+            self._batches.give_back(waiting.batch)
             self._logs = {**waiting.logs, **self._logs}
 
     def _mark(self) -> None:
@@ -373,7 +344,7 @@ class Recorder:
             self._submit(self._entry(plan, plan.tensors, self._steps))
             self._steps += 1
         self._submitted_at_mark = self._submitted
-        self.hook_seconds += time.perf_counter() - t0
+        self._seconds += time.perf_counter() - t0
 
     def add_step_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener()`` at the end of each step, before its entry is digested.
@@ -403,12 +374,12 @@ class Recorder:
         if self._waiting is not None:
             self._finish(self._waiting)
             self._waiting = None
-        if pending.digests.on_host and all(b.digests.on_host for b in pending.batch):
+        if pending.digests.on_host and all(b.on_host for b in pending.batch):
             self._finish(pending)
         else:
             pending.digests.start_transfer()
             for b in pending.batch:
-                b.digests.start_transfer()
+                b.start_transfer()
             self._waiting = pending
 
     def _finish(self, pending: PendingEntry) -> None:
@@ -469,7 +440,7 @@ class Recorder:
                 self._waiting = None
         finally:
             self._closed = True
-            self._listening.close()
+            self._batches.close()
             for handle in (*self._handles, *self._forward_handles):
                 handle.remove()
             if self._file is not None:
@@ -477,6 +448,11 @@ class Recorder:
             if self._warning_filter in warnings.filters:
                 warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
             atexit.unregister(self.close)
+
+    @property
+    def hook_seconds(self) -> float:
+        """Host time spent inside torchrepro's hooks: the recorder's overhead."""
+        return self._seconds + self._batches.seconds
 
     @property
     def closed(self) -> bool:
