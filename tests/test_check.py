@@ -124,6 +124,14 @@ def test_plot_draws_every_step_after_the_divergence(
     assert report.series["1-2"]["differing"][:4] == [0, 0, 0, 0]
     assert all(count > 0 for count in report.series["1-2"]["differing"][4:])
     assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # How far apart, from the sizes beside the digests: nothing before, a gap from step 4 on.
+    gaps = report.series["1-2"]["gap"]
+    assert gaps[:4] == [0.0] * 4 and all(gap > 0 for gap in gaps[5:])
+    assert report.divergence is not None and report.divergence.gap is not None
+    assert report.growth == gaps[4:] and len(report.growth) >= 2
+    text = report.render()
+    assert f"  size: {report.divergence.gap.describe()}" in text
+    assert "  growth: the largest relative gap of a parameter goes from" in text
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

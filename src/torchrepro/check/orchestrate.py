@@ -235,6 +235,12 @@ def check_command(
             **evidence,
         )
         report.series = dict(session.series)
+        d = report.divergence
+        if d is not None:  # how the gap grew over the steps both runs recorded after it
+            series = next(
+                (v for k, v in report.series.items() if k.split()[0] == f"{d.a}-{d.b}"), {}
+            )
+            report.growth = list(series.get("gap", [])[d.entry :])
         if plot is not None:
             draw_plot(report, Path(plot))
         return report

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchrepro.compare import Diagnosis, EnvDifference, describe_difference, render_causes
+from torchrepro.compare.diff import render_growth
+from torchrepro.compare.sizes import Gap
 from torchrepro.errors import ExitCode
 from torchrepro.localize import Localization
 from torchrepro.records.format import STEPS, section_of
@@ -126,6 +128,7 @@ class Divergence:
     process: int | None = None
     argv: tuple[str, ...] = ()
     missing_in: int | None = None
+    gap: Gap | None = None
 
     @property
     def section(self) -> str:
@@ -171,6 +174,7 @@ class CheckReport:
     threads: str | None = None
     notes: list[str] = field(default_factory=list)
     processes: list[TrainingProcess] = field(default_factory=list)
+    growth: list[float] = field(default_factory=list)
     diagnosis: Diagnosis | None = None
 
     @property
@@ -189,7 +193,14 @@ class CheckReport:
             "runs": [vars(run) for run in self.runs],
             "divergence": None
             if self.divergence is None
-            else {**vars(self.divergence), "section": self.divergence.section},
+            else {
+                **vars(self.divergence),
+                "section": self.divergence.section,
+                "gap": None
+                if self.divergence.gap is None
+                else {**vars(self.divergence.gap), "relative": self.divergence.gap.relative},
+            },
+            "growth": self.growth,
             "localization": None if self.localization is None else vars(self.localization),
             "environment": [vars(d) for d in self.environment],
             "causes": self.causes,
@@ -277,6 +288,15 @@ class CheckReport:
                 + ", ".join(map(str, d.ranks))
                 + f" (rank {d.rank} first)"
             )
+        if d.gap is not None:
+            lines.append(f"  size: {d.gap.describe()}")
+        growth = render_growth(self.growth, d.step)
+        if d.gap is not None and not growth:
+            growth = [
+                "  growth: not measured (check stops the runs at the first difference; "
+                "with --plot they run on)"
+            ]
+        lines += growth
         if self.localization is not None:
             lines.append(f"  first differing module: {self.localization.describe()}")
         return lines

@@ -28,6 +28,7 @@ from torchrepro import _contract
 from torchrepro.check.processes import stderr_tail, stop_process
 from torchrepro.check.report import Divergence, RunOutcome, command_words
 from torchrepro.compare import compare_entries
+from torchrepro.compare.sizes import entry_gap, params_gap
 from torchrepro.errors import CheckError
 from torchrepro.records.files import ARGV, process_files, process_path, rank_files
 from torchrepro.records.format import LOG, OPTIMIZER, STEP
@@ -379,8 +380,9 @@ class Session:
         keys: tuple[str, ...] | None,
     ) -> None:
         """Per step: how many recorded values differ, and |a - b| of each logged number."""
-        counts = self.series.setdefault(pair.series, {"differing": [], "log": []})
+        counts = self.series.setdefault(pair.series, {"differing": [], "log": [], "gap": []})
         counts["differing"].append(len(keys or ()))
+        counts["gap"].append(params_gap(ours, theirs) if keys else 0.0)
         deltas = {}
         for key, a in ours.get(LOG, {}).items():
             b = theirs.get(LOG, {}).get(key)
@@ -391,6 +393,10 @@ class Session:
     def _divergence(self, pair: Pair, entry: int, keys: tuple[str, ...]) -> Divergence:
         entries = pair.ours.entries
         source = entries[entry] if entry < len(entries) else {}
+        other = pair.theirs.entries
+        found = compare_entries(source, other[entry]) if source and entry < len(other) else None
+        rank = None if found is None else found.rank
+        gap = entry_gap(source, other[entry], keys, rank) if found is not None else None
         return Divergence(
             a=pair.base.outcome.index,
             b=pair.other.outcome.index,
@@ -398,6 +404,7 @@ class Session:
             step=source.get(STEP, entry),
             optimizer=source.get(OPTIMIZER),
             keys=keys,
+            gap=gap,
             process=pair.process,
             argv=pair.argv,
         )

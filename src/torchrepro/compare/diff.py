@@ -210,7 +210,10 @@ def render_growth(growth: Sequence[float], first_step: int | None, indent: str =
     if len(growth) < 2 or first_step is None:
         return []
     first, last = growth[0], growth[-1]
-    factor = f" (x{last / first:.0e} in {len(growth) - 1} steps)" if first > 0 else ""
+    steps = len(growth) - 1
+    factor = (
+        f" (x{last / first:.0e} in {steps} step{'s' if steps > 1 else ''})" if first > 0 else ""
+    )
     return [
         f"{indent}growth: the largest relative gap of a parameter goes from {first:.0e} at "
         f"step {first_step} to {last:.0e} at step {first_step + len(growth) - 1}{factor}"

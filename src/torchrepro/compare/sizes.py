@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchrepro.records.format import LOG, PARAMS, entry_stats, entry_values, section_of
+from torchrepro.records.format import LOG, PARAMS, RANKS, entry_stats, entry_values, section_of
 
-__all__ = ["Gap", "entry_gap", "gap_series", "outside_tolerance"]
+__all__ = ["Gap", "entry_gap", "gap_series", "outside_tolerance", "params_gap"]
 
 _NAMES = ("sum |x|", "L2", "max |x|")
 
@@ -77,10 +77,34 @@ def _gaps(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> list[Gap
     return found
 
 
-def entry_gap(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> Gap | None:
-    """The largest relative gap among ``keys`` of two entries; None where none has sizes."""
+def entry_gap(
+    a: dict[str, Any], b: dict[str, Any], keys: Sequence[str], rank: int | None = None
+) -> Gap | None:
+    """The largest relative gap among ``keys`` of two entries; None where none has sizes.
+
+    ``rank`` picks that rank's entries out of entries merged from several ranks.
+    """
+    if rank is not None and RANKS in a and RANKS in b:
+        a, b = a[RANKS][rank], b[RANKS][rank]
     gaps = [g for g in _gaps(a, b, keys) if g.a != g.b]
     return max(gaps, key=lambda g: (g.relative, g.absolute), default=None)
+
+
+def params_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest relative gap over the parameters of two entries (0.0 when equal).
+
+    Entries merged from several ranks (``"ranks"``) give the largest over the ranks.
+
+    Example:
+        >>> e = lambda l2: {"params": {"w": "x"}, "stats": {"params": [[1.0, l2, 1.0]]}}
+        >>> params_gap(e(1.0), e(1.1))
+        0.09090909090909098
+    """
+    if RANKS in a and RANKS in b:
+        return max(map(params_gap, a[RANKS], b[RANKS]), default=0.0)
+    keys = [k for k in entry_stats(a) if section_of(k) == PARAMS]
+    gap = entry_gap(a, b, keys)
+    return 0.0 if gap is None else gap.relative
 
 
 def gap_series(
@@ -95,12 +119,7 @@ def gap_series(
         >>> gap_series([e(1.0), e(1.0)], [e(1.0), e(1.1)])
         [0.0, 0.09090909090909098]
     """
-    series = []
-    for a, b in zip(entries_a, entries_b):
-        keys = [k for k in entry_stats(a) if section_of(k) == PARAMS]
-        gap = entry_gap(a, b, keys)
-        series.append(0.0 if gap is None else gap.relative)
-    return series
+    return [params_gap(a, b) for a, b in zip(entries_a, entries_b)]
 
 
 def _close(x: float, y: float, rtol: float, atol: float) -> bool:
