@@ -180,3 +180,30 @@ def test_progress_is_one_line_updated_in_place_on_a_terminal_and_absent_in_a_pip
     updates = progress[:-1].split("\r")
     assert updates[0] == "" and len(updates) > 2, updates
     assert updates[-1].startswith("steps compared: 12, ") and updates[-1].rstrip().endswith(" s")
+
+
+def test_a_timeout_kills_what_a_run_started_even_when_it_ignores_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torchrepro.check.processes.GRACE_SECONDS", 1.0)
+    pids = tmp_path / "pids"
+    stubborn = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'a').write(f'{os.getpid()}\\n'); time.sleep(600)"
+    )
+    # bash exits on SIGTERM; its child ignores it and would outlive the run.
+    line = f'{PYTHON} -c "{stubborn}" {pids} & wait'
+    report = check_shell(line, timeout=3, workdir=tmp_path / "work")
+    assert report.verdict == "failed", report.render()
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2  # one per run
+    assert not [pid for pid in started if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a killed orphan is a zombie until init reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

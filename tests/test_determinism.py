@@ -95,8 +95,9 @@ def test_status_tells_whether_str_hashing_is_salted() -> None:
     script = "import torchrepro; print(torchrepro.determinism_status().string_hashing_randomized)"
 
     def salted(**env: str) -> str:
-        out = subprocess.run([PYTHON, "-c", script], env=child_env(**env), capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [PYTHON, "-c", script], env=child_env(**env), capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
 
     assert salted() == "True"
@@ -105,8 +106,9 @@ def test_status_tells_whether_str_hashing_is_salted() -> None:
 
 def test_seed_everything_warns_once_about_salted_hashing() -> None:
     script = "import torchrepro; torchrepro.seed_everything(1); torchrepro.seed_everything(2)"
-    out = subprocess.run([PYTHON, "-c", script], env=child_env(), capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [PYTHON, "-c", script], env=child_env(), capture_output=True, text=True, check=True
+    )
     assert out.stderr.count("str hashing is salted") == 1
     assert "torchrepro run" in out.stderr
 

@@ -34,8 +34,9 @@ def test_run_makes_str_hashing_repeat_across_runs() -> None:
 
 def test_plain_python_salts_str_hashing_per_run() -> None:
     def run() -> str:
-        return subprocess.run([PYTHON, "-c", HASH_SCRIPT], env=child_env(), capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            [PYTHON, "-c", HASH_SCRIPT], env=child_env(), capture_output=True, text=True
+        ).stdout
 
     assert run() != run()
 
@@ -50,8 +51,10 @@ def test_run_seeds_an_unchanged_script_before_it_runs() -> None:
 
 
 def test_run_applies_the_requested_determinism_in_the_child() -> None:
-    script = "import torch; print(torch.are_deterministic_algorithms_enabled(), " \
-             "torch.is_deterministic_algorithms_warn_only_enabled())"
+    script = (
+        "import torch; print(torch.are_deterministic_algorithms_enabled(), "
+        "torch.is_deterministic_algorithms_warn_only_enabled())"
+    )
     assert torchrepro_run("--warn", "--", PYTHON, "-c", script).stdout.split() == ["True", "True"]
     assert torchrepro_run("--", PYTHON, "-c", script).stdout.split() == ["False", "False"]
 

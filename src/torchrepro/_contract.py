@@ -106,9 +106,7 @@ _VARIABLES = (
         "JSON list: the command line of the one process to trace",
     ),
     Variable(RUN_INDEX, _CHECK, "the user's script, if it wants", True, "the run's number, 1..N"),
-    Variable(
-        STOP_AT, f"{_CHECK} --resume-at", "the user's script", True, "stop after this step"
-    ),
+    Variable(STOP_AT, f"{_CHECK} --resume-at", "the user's script", True, "stop after this step"),
     Variable(RESUME, f"{_CHECK} --resume-at", "the user's script", True, "1: resume"),
     Variable(
         CHECKPOINT_DIR, f"{_CHECK} --resume-at", "the user's script", True, "checkpoint folder"

@@ -41,6 +41,7 @@ _GAMMA_B = _s64(0xD1B54A32D192ED03)
 _SEED_B = _s64(0x13198A2E03707344)
 _MIX_B = ((33, _s64(0xFF51AFD7ED558CCD)), (33, _s64(0xC4CEB9FE1A85EC53)), 33)
 
+
 def finish_lanes(t_header: bytes, a: int, b: int) -> str:
     """Combine the two device-side sums with dtype and shape, on the host (16 bytes in)."""
     payload = b"torchrepro-lanes64x2-v1\0" + t_header

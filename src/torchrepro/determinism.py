@@ -157,9 +157,7 @@ _SETTINGS: dict[str, _Setting] = {
     ),
     _flags.WARN_ONLY: _Setting(torch.is_deterministic_algorithms_warn_only_enabled, _set_warn_only),
     _flags.FILL_UNINITIALIZED_MEMORY: _Setting(_fill, _set_fill),
-    _flags.REPLACED_OPS: _Setting(
-        _replaced, _set_replacements, _replacements
-    ),
+    _flags.REPLACED_OPS: _Setting(_replaced, _set_replacements, _replacements),
     _flags.TF32_MATMUL: _Setting(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
     _flags.TF32_CUDNN: _Setting(lambda: bool(torch.backends.cudnn.allow_tf32)),
     _flags.FLOAT32_MATMUL_PRECISION: _Setting(torch.get_float32_matmul_precision),

@@ -45,8 +45,9 @@ def main() -> None:
 
         torchrepro.seed_everything(args.seed)
     torch.set_num_threads(1)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
-                          nn.Linear(4 * 6 * 6, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * 6 * 6, 2)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(Noisy(), batch_size=16, shuffle=True, num_workers=args.workers)
     for _ in range(2):

@@ -228,9 +228,7 @@ class CheckReport:
             if self.resume_at is None
             else f" (run 2 stopped after step {self.resume_at} and resumed in a new process)"
         )
-        several = (
-            f"{len(self.processes)} training processes, " if len(self.processes) > 1 else ""
-        )
+        several = f"{len(self.processes)} training processes, " if len(self.processes) > 1 else ""
         lines = [
             f"bitwise identical: {runs} runs, {several}{self.steps_compared} steps compared"
             f"{resumed}"

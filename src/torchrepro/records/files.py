@@ -106,9 +106,7 @@ def process_path(path: str | os.PathLike[str], order: int) -> Path:
     return p if order == 0 else p.with_name(f"{p.stem}.p{order}{p.suffix}")
 
 
-def claim_record(
-    path: str | os.PathLike[str], world_size: int, rank: int
-) -> tuple[Path, IO[str]]:
+def claim_record(path: str | os.PathLike[str], world_size: int, rank: int) -> tuple[Path, IO[str]]:
     """Creates and opens the record file of this process among those of the run at ``path``.
 
     Every Python process of a run inherits the run's path; each that trains takes the

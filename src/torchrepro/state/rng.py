@@ -228,5 +228,3 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
             str(n) for n in itertools.count() if _sources.REGISTERED_PREFIX + str(n) not in taken
         )
     return _sources.register(gen, name)
-
-

@@ -208,4 +208,3 @@ def load_checkpoint(path: PathLike) -> Any:
         >>> checkpoint = load_checkpoint("ckpt.pt")
     """
     return _container.load_plain(path)
-
