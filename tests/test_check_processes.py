@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
+import sys
 import termios
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import PYTHON, ROOT, SCRIPTS, child_env
 from torchrepro.check import CheckReport, check_command
+from torchrepro.errors import CheckError
 from torchrepro.records import read_record
 
 SCRIPT = str(SCRIPTS / "train_named.py")
@@ -207,3 +209,27 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+def test_an_unwritable_json_path_is_refused_before_any_run_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from torchrepro.cli import main
+
+    marker = tmp_path / "ran"
+    command = [PYTHON, "-c", f"open({str(marker)!r}, 'w')"]
+    code = main(["check", "--json", "/nonexistent/dir/r.json", "--", *command])
+    assert code == 2 and not marker.exists()
+    out, err = capsys.readouterr()
+    assert "bitwise identical" not in out
+    assert "--json '/nonexistent/dir/r.json': no folder '/nonexistent/dir'" in err
+
+
+def test_plot_without_matplotlib_is_refused_before_any_run_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    marker = tmp_path / "ran"
+    with pytest.raises(CheckError, match="--plot needs matplotlib"):
+        check_command([PYTHON, "-c", f"open({str(marker)!r}, 'w')"], plot=tmp_path / "p.png")
+    assert not marker.exists()
