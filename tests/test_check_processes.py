@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
+import sys
 import termios
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import PYTHON, ROOT, SCRIPTS, child_env
 from torchrepro.check import CheckReport, check_command
+from torchrepro.errors import CheckError
 from torchrepro.records import read_record
 
 SCRIPT = str(SCRIPTS / "train_named.py")
@@ -180,3 +182,54 @@ def test_progress_is_one_line_updated_in_place_on_a_terminal_and_absent_in_a_pip
     updates = progress[:-1].split("\r")
     assert updates[0] == "" and len(updates) > 2, updates
     assert updates[-1].startswith("steps compared: 12, ") and updates[-1].rstrip().endswith(" s")
+
+
+def test_a_timeout_kills_what_a_run_started_even_when_it_ignores_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torchrepro.check.processes.GRACE_SECONDS", 1.0)
+    pids = tmp_path / "pids"
+    stubborn = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'a').write(f'{os.getpid()}\\n'); time.sleep(600)"
+    )
+    # bash exits on SIGTERM; its child ignores it and would outlive the run.
+    line = f'{PYTHON} -c "{stubborn}" {pids} & wait'
+    report = check_shell(line, timeout=3, workdir=tmp_path / "work")
+    assert report.verdict == "failed", report.render()
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2  # one per run
+    assert not [pid for pid in started if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a killed orphan is a zombie until init reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_an_unwritable_json_path_is_refused_before_any_run_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from torchrepro.cli import main
+
+    marker = tmp_path / "ran"
+    command = [PYTHON, "-c", f"open({str(marker)!r}, 'w')"]
+    code = main(["check", "--json", "/nonexistent/dir/r.json", "--", *command])
+    assert code == 2 and not marker.exists()
+    out, err = capsys.readouterr()
+    assert "bitwise identical" not in out
+    assert "--json '/nonexistent/dir/r.json': no folder '/nonexistent/dir'" in err
+
+
+def test_plot_without_matplotlib_is_refused_before_any_run_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    marker = tmp_path / "ran"
+    with pytest.raises(CheckError, match="--plot needs matplotlib"):
+        check_command([PYTHON, "-c", f"open({str(marker)!r}, 'w')"], plot=tmp_path / "p.png")
+    assert not marker.exists()

@@ -106,3 +106,15 @@ def test_cli_env_prints_text_and_json(capsys: pytest.CaptureFixture[str]) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["torch"] == torch.__version__
+
+
+def test_an_internal_error_exits_3_with_a_bug_report_hint_never_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> dict[str, object]:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("torchrepro.env.environment", broken)
+    assert main(["env"]) == 3
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError: a bug" in err and "this is a bug in torchrepro" in err

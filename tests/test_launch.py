@@ -130,3 +130,48 @@ def test_the_launching_processes_of_run_and_check_never_import_torch() -> None:
     )
     checker = subprocess.run([PYTHON, "-c", code], env=child_env(), capture_output=True, text=True)
     assert checker.stdout.splitlines()[-1] == "3 False False", checker.stderr
+
+
+def test_a_sitecustomize_that_raises_stops_the_run_instead_of_running_it_unseeded(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('site setup broke')\n")
+    pythonpath = os.pathsep.join([str(tmp_path), child_env()["PYTHONPATH"]])
+    result = torchrepro_run(
+        "--seed", "1", "--", PYTHON, "-c", "print('ran')", PYTHONPATH=pythonpath
+    )
+    assert result.returncode == 3
+    assert "ran" not in result.stdout
+    assert "RuntimeError: site setup broke" in result.stderr  # the user's traceback
+    assert "sitecustomize module (above) raised" in result.stderr
+    # check reports the run that failed with what it said, not "no run wrote a record".
+    from torchrepro.check import check_command
+
+    report = check_command([PYTHON, "-c", "print('ran')"], seed=1, env={"PYTHONPATH": pythonpath})
+    assert report.verdict == "failed"
+    assert "sitecustomize module (above) raised" in report.render()
+
+
+def test_run_killed_by_sigterm_takes_its_command_with_it() -> None:
+    # run becomes the command: the signal sent to the pid it was started as reaches it.
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "torchrepro",
+            "run",
+            "--seed",
+            "1",
+            "--",
+            PYTHON,
+            "-c",
+            "import time; print('up', flush=True); time.sleep(600)",
+        ],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "up\n"
+    process.terminate()
+    assert process.wait(30) == -15
+    process.stdout.close()

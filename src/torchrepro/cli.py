@@ -173,6 +173,10 @@ def _add_diff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _check(args: argparse.Namespace) -> int:
     from torchrepro.check import check_command
+    from torchrepro.check.orchestrate import check_output_path
+
+    if args.json is not None:
+        check_output_path(args.json, "--json")  # before the runs, not after them
 
     tty = sys.stderr.isatty()
     shown = 0  # the width of the progress line on the terminal, 0 before the first
@@ -218,7 +222,9 @@ def _check(args: argparse.Namespace) -> int:
     if args.json is not None:
         import json
 
-        with open(args.json, "w", encoding="utf-8") as file:
+        from torchrepro._files import atomic_text_writer
+
+        with atomic_text_writer(args.json) as file:
             file.write(json.dumps(report.to_json(), indent=2) + "\n")
     return report.exit_code
 
@@ -378,3 +384,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchReproError as error:
         print(f"torchrepro {args.verb}: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:
+        print(f"torchrepro {args.verb}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:  # noqa: BLE001 - a bug of ours is no finding: never exit 1
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"torchrepro {args.verb}: internal error (above): this is a bug in torchrepro. "
+            "Please report it with the traceback and the command line.",
+            file=sys.stderr,
+        )
+        return ExitCode.RUN_FAILED

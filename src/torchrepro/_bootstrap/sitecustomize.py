@@ -1,7 +1,9 @@
 """Run by Python at start-up in every process launched under ``torchrepro run``.
 
-It seeds the process before the user's code runs, then hands over to whatever
-``sitecustomize`` module this one shadows, so an environment's own start-up hook still runs.
+First it runs whatever ``sitecustomize`` module this one shadows, so an environment's own
+start-up hook still runs (before seeding: what it draws is not seeded); then it seeds the
+process before the user's code runs. Any failure stops the process with exit status 3
+rather than let the command run unseeded.
 """
 
 import importlib.util
@@ -24,7 +26,19 @@ def _run_shadowed_sitecustomize() -> None:
             sys.modules["sitecustomize"] = ours
 
 
-_run_shadowed_sitecustomize()
+try:
+    _run_shadowed_sitecustomize()
+except Exception:  # noqa: BLE001 - Python would print it and run the script unseeded
+    import traceback
+
+    traceback.print_exc()
+    sys.stderr.write(
+        "torchrepro run: the environment's own sitecustomize module (above) raised; "
+        "torchrepro runs it before seeding and stops here rather than run the command "
+        "unseeded. Fix or remove that module, or run without torchrepro.\n"
+    )
+    sys.stderr.flush()
+    os._exit(3)
 
 # torchrepro._contract.BOOTSTRAP, spelled out: torchrepro may not be importable here.
 if os.environ.get("TORCHREPRO_BOOTSTRAP") == "1":

@@ -13,7 +13,7 @@ from typing import Any
 
 from torchrepro import _contract
 from torchrepro import localize as loc
-from torchrepro.check.processes import stop_process
+from torchrepro.check.processes import stop_processes
 from torchrepro.check.report import Divergence, TrainingProcess, command_words
 from torchrepro.check.session import POLL_SECONDS, Session, argv_of
 from torchrepro.errors import RecordError
@@ -87,8 +87,7 @@ def replay(session: Session, divergence: Divergence) -> loc.Localization | None:
         if session.timeout is not None and time.monotonic() - started > session.timeout:
             break
         time.sleep(POLL_SECONDS)
-    for run in runs:
-        stop_process(run.process)
+    stop_processes([run.process for run in runs])
     try:
         return loc.first_difference(loc.read_trace(traces[0]), loc.read_trace(traces[1]))
     except RecordError:

@@ -56,7 +56,7 @@ from torchrepro.records.format import BATCH, OPTIONS
 if TYPE_CHECKING:
     from torchrepro._derive import SeedLike
 
-__all__ = ["check_command", "check_reproducible"]
+__all__ = ["check_command", "check_output_path", "check_reproducible"]
 
 
 def check_command(
@@ -139,6 +139,15 @@ def check_command(
             "without one; got both. Drop --no-seed to check the taken-over seeding, or "
             "--take-over to check the script as it is."
         )
+    if plot is not None:
+        check_output_path(plot, "--plot")
+        try:
+            import matplotlib  # noqa: F401 - only whether it imports, before any run
+        except ImportError:
+            raise CheckError(
+                "--plot needs matplotlib, which is not installed; got a plot path. Install "
+                "it (pip install matplotlib), or drop --plot."
+            ) from None
     with _workdir(workdir) as folder:
         root = resolve_root(seed)
         base = child_environment(
@@ -264,6 +273,34 @@ def _rng_differences(
 def _run_names(report: CheckReport) -> tuple[str, str]:
     d = report.divergence
     return (f"run {d.a}", f"run {d.b}") if d is not None else ("run 1", "run 2")
+
+
+def check_output_path(path: str | os.PathLike[str], option: str) -> None:
+    """Refuses, before any run starts, an output path that could not be written at the end.
+
+    Raises:
+        CheckError: Its folder does not exist or is not writable, or it is a folder.
+
+    Example:
+        >>> check_output_path("/nonexistent/dir/report.json", "--json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.CheckError: --json '/nonexistent/dir/report.json': no folder ...
+    """
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        problem = "is a folder"
+    elif not folder.is_dir():
+        problem = f"no folder {str(folder)!r}"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"folder {str(folder)!r} is not writable"
+    else:
+        return
+    raise CheckError(
+        f"{option} {str(path)!r}: {problem}; expected a file path in an existing, writable "
+        "folder. Create the folder or pass another path."
+    )
 
 
 def _compare_runs(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from torchrepro import _contract
-from torchrepro.check.processes import stderr_tail, stop_process
+from torchrepro.check.processes import stderr_tail, stop_processes
 from torchrepro.check.report import Divergence, RunOutcome, command_words
 from torchrepro.compare import compare_entries
 from torchrepro.compare.sizes import entry_gap, params_gap
@@ -168,7 +168,8 @@ class Session:
         for run in runs:
             if run.process.poll() is None:
                 run.outcome.stopped = True
-                stop_process(run.process)
+        # Runs that exited are stopped too: what they started may still be running.
+        stop_processes([run.process for run in runs])
 
     def close(self) -> None:
         """Stops every run, closes their logs and fills in their outcomes."""
