@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrepro.errors import RecordError
+from torchrepro.records.files import read_incomplete
 
 __all__ = [
     "FORMAT",
@@ -249,12 +250,15 @@ class Record:
         header: The header line (format, schema version, rank, options, env manifest).
         entries: One dict per optimizer step, in the order they were written.
         truncated: True if the file ended in a partial line (a crash mid-write).
+        incomplete: Why its recorder stopped before the training ended (an I/O error),
+            else None (:func:`~torchrepro.records.files.read_incomplete`).
     """
 
     path: str
     header: dict[str, Any]
     entries: list[dict[str, Any]]
     truncated: bool = False
+    incomplete: str | None = None
 
     @property
     def env(self) -> dict[str, Any]:
@@ -305,4 +309,4 @@ def read_record(path: str | os.PathLike[str]) -> Record:
             entries.append(parse_entry(tail, p, len(lines) + 1))
         except RecordError:
             truncated = True
-    return Record(str(p), found, entries, truncated)
+    return Record(str(p), found, entries, truncated, read_incomplete(p))
