@@ -305,3 +305,41 @@ def test_a_second_process_on_the_same_record_path_leaves_the_first_ones_record_w
         assert "another process is writing the record" in other.stderr
         assert recorder.entries == 2
     assert len(read_record(path).entries) == 2
+
+
+def write_record(path: Path, entry: object, header: dict[str, object] | None = None) -> Path:
+    head = {"format": "torchrepro-record", "schema_version": SCHEMA_VERSION, **(header or {})}
+    path.write_text(json.dumps(head) + "\n" + json.dumps(entry) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("entry", "header", "message"),
+    [
+        ({"step": 0, "params": 5}, None, '"params" is not an object of names to digests'),
+        ({"step": 0, "params": {}, "batch": "x"}, None, '"batch" is not a list'),
+        ({"step": "0", "params": {}}, None, "\"step\" is '0'"),
+        ({"step": 0, "params": {}}, {"env": []}, "env or options is not an object"),
+    ],
+    ids=["params-int", "batch-str", "step-str", "env-list"],
+)
+def test_diff_of_a_malformed_record_is_a_record_error_exit_2_never_1(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    entry: object,
+    header: dict[str, object] | None,
+    message: str,
+) -> None:
+    from torchrepro.cli import main
+
+    bad = write_record(tmp_path / "bad.jsonl", entry, header)
+    good = write_record(tmp_path / "good.jsonl", {"step": 0, "params": {}})
+    assert main(["diff", str(good), str(bad)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_record_cut_inside_its_header_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"format":"torchrepro-record","schema_version":3,"created":"2026')
+    with pytest.raises(RecordError, match="is cut inside its header"):
+        read_record(path)
