@@ -333,3 +333,16 @@ def test_dataloader_subclasses_are_seeded_tracked_and_resumable(make: object) ->
     apply_positions([LoaderPosition(0, epoch=0, batch=5, samples=32, batch_size=4)])
     assert [batch.tolist() for batch in loader] == whole[5:]
     assert "size" in inspect.signature(OwnSignature.__init__).parameters
+
+
+@pytest.mark.parametrize("index", [1.5, True, "3", None])
+def test_sample_rng_takes_an_int_index_only(index: object) -> None:
+    seed_everything(1)
+    with pytest.raises(SeedError, match="the sample index must be an int"):
+        with torchrepro.sample_rng(index):  # type: ignore[arg-type]
+            pass
+
+
+def test_seed_worker_takes_an_int_worker_id_only() -> None:
+    with pytest.raises(SeedError, match="worker_id must be an int"):
+        torchrepro.seed_worker("a", seed=1)  # type: ignore[arg-type]

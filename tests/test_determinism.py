@@ -135,3 +135,26 @@ def test_cost_verb_prints_the_report_for_the_built_in_model(
     assert main(["cost", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "defaults" in out and "torchrepro" in out
+
+
+def test_bad_arguments_are_refused_before_any_flag_changes() -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(DeterminismError, match="fill_uninitialized_memory must be True or False"):
+        enable_determinism(fill_uninitialized_memory="yes")  # type: ignore[arg-type]
+    with pytest.raises(DeterminismError, match="replace_ops must be True or False"):
+        enable_determinism(replace_ops="no")  # type: ignore[arg-type]
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_enable_determinism_false_says_what_to_do_instead() -> None:
+    with pytest.raises(DeterminismError, match="do not call it") as error:
+        enable_determinism(False)
+    assert "torchrepro.deterministic()" in str(error.value)
+
+
+def test_patching_takes_a_bool_force_only() -> None:
+    from torchrepro.detops import patch_nondeterministic_ops
+    from torchrepro.errors import ReplacementError
+
+    with pytest.raises(ReplacementError, match="force must be True or False; got 'x'"):
+        patch_nondeterministic_ops(force="x")  # type: ignore[arg-type]

@@ -245,3 +245,40 @@ def test_a_parameter_digested_again_follows_its_data_in_place_and_reassigned() -
 def test_empty_mappings_stay_visible_in_a_digest() -> None:
     assert fingerprint({"a": {}}) != fingerprint({})
     assert fingerprint({"a": {}}) != fingerprint({"b": {}})
+
+
+def test_a_state_that_contains_itself_is_refused_not_a_recursion_error() -> None:
+    cyclic: dict[str, object] = {"w": torch.zeros(1)}
+    cyclic["self"] = cyclic
+    with pytest.raises(FingerprintError, match="contains itself"):
+        fingerprint(cyclic)
+
+
+def test_a_state_nested_5000_deep_is_refused_not_a_recursion_error() -> None:
+    deep: dict[str, object] = {}
+    for _ in range(5000):
+        deep = {"x": deep}
+    with pytest.raises(FingerprintError, match="nested more than 100 levels"):
+        fingerprint(deep)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: torch.nested.nested_tensor(
+                [torch.zeros(2), torch.zeros(3)], layout=torch.jagged
+            ),
+            "nested tensor",
+        ),
+        (lambda: torch.zeros(2, 2).to_sparse(), "layout torch.sparse_coo"),
+        (lambda: torch.zeros(2, device="meta"), "meta tensor: it holds no data"),
+    ],
+    ids=["nested", "sparse", "meta"],
+)
+def test_tensors_without_plain_data_are_a_fingerprint_error(
+    make: Callable[[], torch.Tensor], message: str
+) -> None:
+    with pytest.raises(FingerprintError, match=message) as error:
+        fingerprint(make())
+    assert "int_repr" not in str(error.value)

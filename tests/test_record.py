@@ -230,3 +230,116 @@ def test_start_from_env_reads_path_and_options(
     monkeypatch.setenv("TORCHREPRO_RECORD_WITH", "grads,weights")
     with pytest.raises(RecordError, match="weights"):
         start_from_env()
+
+
+# -- I/O: checked where recording starts; a later error never stops the training --------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"algorithm": "bogus"}, "unknown digest algorithm 'bogus'"),
+        ({"grads": "yes"}, "grads must be True or False"),
+    ],
+)
+def test_record_checks_its_options_at_the_call(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(RecordError, match=message):
+        torchrepro.record(tmp_path / "r.jsonl", **options)  # type: ignore[arg-type]
+    assert torchrepro.records.recording.active() is None
+
+
+def test_record_refuses_a_folder_or_a_path_under_a_file_at_the_call(tmp_path: Path) -> None:
+    with pytest.raises(RecordError, match="it is a folder"):
+        torchrepro.record(tmp_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RecordError, match="is not a folder this process can write in"):
+        torchrepro.record(tmp_path / "afile" / "r.jsonl")
+
+
+def run_limited(path: Path, steps: int, limit: int | None) -> subprocess.CompletedProcess[str]:
+    args = [str(path), str(steps), *([str(limit)] if limit else [])]
+    script = str(SCRIPTS / "record_limits.py")
+    return subprocess.run(
+        [PYTHON, script, *args], env=child_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_write_error_mid_run_stops_the_recorder_loudly_and_the_training_goes_on(
+    tmp_path: Path,
+) -> None:
+    free = run_limited(tmp_path / "free.jsonl", 40, None)
+    limited = run_limited(tmp_path / "limited.jsonl", 40, 6000)
+    assert limited.returncode == 0, limited.stderr[-2000:]
+    assert limited.stdout == free.stdout  # the same training, to the last step
+    assert limited.stderr.count("stopped after") == 1  # one warning, no traceback
+    assert "Traceback" not in limited.stderr
+    record = read_record(tmp_path / "limited.jsonl")
+    assert 0 < len(record.entries) < 40
+    assert record.incomplete is not None and "File too large" in record.incomplete
+    assert read_record(tmp_path / "free.jsonl").incomplete is None
+
+
+def test_check_reports_a_run_whose_record_stopped_as_incomplete_not_diverged(
+    tmp_path: Path,
+) -> None:
+    from torchrepro.check import check_command
+
+    command = [PYTHON, str(SCRIPTS / "record_limits.py"), "unused", "40", "6000"]
+    env = {"LIMIT_IN_RUN": "2", "PYTHONPATH": child_env()["PYTHONPATH"]}
+    report = check_command(command, seed=1, env=env, workdir=tmp_path)
+    assert report.verdict == "failed", report.render()
+    assert "the record of run 2 is incomplete" in report.message
+    assert report.exit_code == 3
+
+
+def test_a_second_process_on_the_same_record_path_leaves_the_first_ones_record_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.jsonl"
+    with torchrepro.record(path) as recorder:
+        model, _ = tiny_training(2, log=False)
+        other = run_limited(path, 5, None)  # the same path, while this one writes it
+        assert other.returncode == 0, other.stderr[-2000:]
+        assert "another process is writing the record" in other.stderr
+        assert recorder.entries == 2
+    assert len(read_record(path).entries) == 2
+
+
+def write_record(path: Path, entry: object, header: dict[str, object] | None = None) -> Path:
+    head = {"format": "torchrepro-record", "schema_version": SCHEMA_VERSION, **(header or {})}
+    path.write_text(json.dumps(head) + "\n" + json.dumps(entry) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("entry", "header", "message"),
+    [
+        ({"step": 0, "params": 5}, None, '"params" is not an object of names to digests'),
+        ({"step": 0, "params": {}, "batch": "x"}, None, '"batch" is not a list'),
+        ({"step": "0", "params": {}}, None, "\"step\" is '0'"),
+        ({"step": 0, "params": {}}, {"env": []}, "env or options is not an object"),
+    ],
+    ids=["params-int", "batch-str", "step-str", "env-list"],
+)
+def test_diff_of_a_malformed_record_is_a_record_error_exit_2_never_1(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    entry: object,
+    header: dict[str, object] | None,
+    message: str,
+) -> None:
+    from torchrepro.cli import main
+
+    bad = write_record(tmp_path / "bad.jsonl", entry, header)
+    good = write_record(tmp_path / "good.jsonl", {"step": 0, "params": {}})
+    assert main(["diff", str(good), str(bad)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_record_cut_inside_its_header_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"format":"torchrepro-record","schema_version":3,"created":"2026')
+    with pytest.raises(RecordError, match="is cut inside its header"):
+        read_record(path)

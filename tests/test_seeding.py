@@ -203,9 +203,10 @@ def test_no_seed_reuses_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_malformed_environment_seed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TORCHREPRO_SEED", "seventy")
-    with pytest.raises(SeedError, match="TORCHREPRO_SEED must be an integer"):
-        seed_everything()
+    for text in ("seventy", "1_000", "\u0663", " 7", "+7", "7" * 21):
+        monkeypatch.setenv("TORCHREPRO_SEED", text)
+        with pytest.raises(SeedError, match="TORCHREPRO_SEED must be a decimal integer"):
+            seed_everything()
 
 
 def test_no_seed_anywhere_draws_one_and_logs_it(
@@ -312,3 +313,38 @@ def test_without_seeding_the_same_training_differs() -> None:
 def test_derivation_is_numpys_seed_sequence_written_out(words: list[int]) -> None:
     expected = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
     assert _seed_sequence_uint64(words) == expected
+
+
+# -- bad input: a SeedError, never another exception, never silently accepted -----------
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [10**5000, -(10**5000), torch.tensor(5.0), 1.5, True, None.__class__, b"7"],
+    ids=["huge", "huge-negative", "float-tensor", "float", "bool", "type", "bytes"],
+)
+def test_a_seed_of_the_wrong_kind_or_size_is_a_seed_error(seed: object) -> None:
+    with pytest.raises(SeedError, match="must be an int in"):
+        seed_everything(seed)  # type: ignore[arg-type]
+    with pytest.raises(SeedError):
+        derive_seed(11, seed)  # type: ignore[arg-type]
+
+
+def test_a_str_seed_with_a_lone_surrogate_is_hashed_like_any_str() -> None:
+    assert seed_everything("run\udc80") == hash_string("run\udc80") != hash_string("run")
+
+
+@pytest.mark.parametrize("option", ["workers", "take_over"])
+def test_flags_take_bools_only(option: str) -> None:
+    with pytest.raises(SeedError, match=f"{option} must be True or False; got 'no'"):
+        seed_everything(1, **{option: "no"})  # type: ignore[arg-type]
+
+
+def test_cli_seeds_are_ascii_digits_or_strings_and_nothing_in_between(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from torchrepro.cli import main
+
+    assert main(["run", "--seed", "9" * 5000, "--", "true"]) == 2
+    assert "--seed must be a decimal integer in [0, 2**64)" in capsys.readouterr().err
+    assert main(["run", "--seed", "-1", "--", "true"]) == 2

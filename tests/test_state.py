@@ -354,3 +354,47 @@ def test_load_state_dict_refuses_a_loader_that_does_not_fit_and_changes_nothing(
         torchrepro.load_state_dict(saved)
     assert _same_live(before)
     assert other.batch_size == 4
+
+
+# -- bad input: a StateError at the call, before anything changes ------------------------
+
+
+def test_a_generator_without_state_is_refused_at_registration() -> None:
+    with pytest.raises(StateError, match="its state cannot be captured and restored"):
+        torchrepro.register_generator(random.SystemRandom(), "os")
+    torchrepro.capture_rng()  # nothing half registered
+
+
+def test_register_generator_wants_the_generator_first_and_a_str_name() -> None:
+    with pytest.raises(StateError, match="name must be a non-empty str; got 5"):
+        torchrepro.register_generator(random.Random(0), 5)  # type: ignore[arg-type]
+
+
+def test_restore_skips_exact_names_never_substrings() -> None:
+    short, long = random.Random(0), random.Random(1)
+    torchrepro.register_generator(short, "a")
+    torchrepro.register_generator(long, "aug")
+    try:
+        saved = torchrepro.capture_rng()
+        first = short.random(), long.random()
+        torchrepro.restore_rng(saved, skip="generator:aug")
+        assert short.random() == first[0]  # restored: "generator:a" is not skipped
+        assert long.random() != first[1]  # skipped
+    finally:
+        _sources.unregister("generator:a")
+        _sources.unregister("generator:aug")
+
+
+@pytest.mark.parametrize("state", [None, {}, "x"], ids=["none", "dict", "str"])
+def test_restore_and_save_want_an_rng_state(state: object, tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="expected an RNGState"):
+        torchrepro.restore_rng(state)  # type: ignore[arg-type]
+    if state is not None:  # save_rng(path) saves the current state
+        with pytest.raises(StateError, match="expected an RNGState to save"):
+            save_rng(tmp_path / "rng.pt", state)  # type: ignore[arg-type]
+        assert not (tmp_path / "rng.pt").exists()
+
+
+def test_messages_quote_damaged_keys_without_terminal_escapes() -> None:
+    error = StateError("bad key " + chr(27) + "[31mred")
+    assert chr(27) not in str(error) and "\\x1b[31mred" in str(error)

@@ -36,30 +36,94 @@ def hash_string(text: str) -> int:
     """
     import hashlib  # here: the launching process of `torchrepro run` rarely hashes a str
 
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    # "surrogatepass": a str with a lone surrogate (from os.fsdecode, say) is a str too;
+    # its bytes are invalid UTF-8, so they collide with no valid string's.
+    data = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
 
 
 def describe(value: object) -> str:
-    """A short ``repr`` and the type of ``value``, for error messages."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
+    """A short ``repr`` and the type of ``value``, for error messages.
+
+    Example:
+        >>> describe(10**5000)
+        'an int of 16610 bits (int)'
+    """
+    if isinstance(value, int) and value.bit_length() > 128:  # repr may refuse, or be huge
+        text = f"{'a negative' if value < 0 else 'an'} int of {value.bit_length()} bits"
+    else:
+        try:
+            text = repr(value)
+        except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+            text = f"<{type(value).__name__} object>"
+        if len(text) > 60:
+            text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
 
 
-def _as_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+def require_bool(value: object, what: str, error: type[Exception] = SeedError) -> bool:
+    """``value`` if it is a bool; an ``error`` naming ``what`` otherwise ("no" is truthy).
+
+    Example:
+        >>> require_bool("no", "workers")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.SeedError: workers must be True or False; got 'no' (str). ...
+    """
+    if not isinstance(value, bool):
+        raise error(
+            f"{what} must be True or False; got {describe(value)}. Pass a bool: a str "
+            "such as 'no' would count as True."
+        )
+    return value
+
+
+def require_int(value: object, what: str) -> int:
+    """``value`` as an int in [0, 2**64): ints and what ``__index__`` takes, never a bool
+    or a float (``int(1.5)`` would be 1); a :class:`SeedError` naming ``what`` otherwise.
+
+    Example:
+        >>> require_int(3, "index")
+        3
+    """
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:  # no __index__, or one that refuses (a float tensor)
+        number = None
+    if number is None:
         raise SeedError(
             f"{what} must be an int in [0, 2**64) or a str; got {describe(value)}. "
             "Pass a non-negative int, or a string (it is hashed)."
         )
-    number = operator.index(value)
     if not 0 <= number < _SEED_LIMIT:
         raise SeedError(
-            f"{what} must be an int in [0, 2**64); got {number}. "
+            f"{what} must be an int in [0, 2**64); got {describe(number)}. "
             "Pass a non-negative int below 2**64, or a string (it is hashed)."
         )
     return int(number)
+
+
+def parse_seed_text(text: str, what: str) -> int:
+    """A seed written as text (an environment variable, a command-line option): ASCII digits.
+
+    Raises:
+        SeedError: Anything but 1 to 20 ASCII digits naming an int below 2**64; Python's
+            ``int`` would also take ``"1_000"``, ``" 7"`` and other scripts' digits.
+
+    Example:
+        >>> parse_seed_text("11", "TORCHREPRO_SEED")
+        11
+        >>> parse_seed_text("1_000", "TORCHREPRO_SEED")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.SeedError: TORCHREPRO_SEED must be a decimal integer in [0, 2**64); ...
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise SeedError(
+            f"{what} must be a decimal integer in [0, 2**64); got {describe(text)}. "
+            "Write it in the digits 0-9 only, with no sign, spaces or underscores."
+        )
+    return require_int(int(text), what)
 
 
 def normalize_seed(seed: object, what: str = "seed") -> int:
@@ -79,7 +143,7 @@ def normalize_seed(seed: object, what: str = "seed") -> int:
     """
     if isinstance(seed, str):
         return hash_string(seed)
-    return _as_int(seed, what)
+    return require_int(seed, what)
 
 
 def _words(number: int) -> list[int]:
@@ -112,7 +176,7 @@ def derive_seed(root: SeedLike, *keys: SeedLike) -> int:
         if isinstance(key, str):
             words += [_STR_TAG, *_words(hash_string(key))]
         else:
-            words += [_INT_TAG, *_words(_as_int(key, f"key {index} of derive_seed"))]
+            words += [_INT_TAG, *_words(require_int(key, f"key {index} of derive_seed"))]
     return _seed_sequence_uint64(words)
 
 
@@ -188,14 +252,7 @@ def root_seed_from_env() -> int:
             f"no root seed: {_contract.SEED} is not set. "
             "Call torchrepro.seed_everything(seed) first, or pass seed= explicitly."
         )
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise SeedError(
-            f"{_contract.SEED} must be an integer in [0, 2**64); got {text!r}. "
-            f"Set it to a decimal integer, or unset it."
-        ) from None
-    return normalize_seed(value, what=_contract.SEED)
+    return parse_seed_text(text, _contract.SEED)
 
 
 def fresh_seed() -> int:

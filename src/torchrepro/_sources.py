@@ -288,6 +288,15 @@ def register(gen: object, name: str) -> str:
             f"cannot register {_codec.describe_value(gen)}: expected a torch.Generator, "
             "numpy.random.Generator, numpy.random.RandomState or random.Random."
         )
+    try:  # a subclass that keeps no state (random.SystemRandom) cannot be put back
+        source.decode(source.encode(source.get_state()))
+    except Exception as error:  # noqa: BLE001 - whatever it raises, it cannot be captured
+        raise StateError(
+            f"cannot register {_codec.describe_value(gen)}: its state cannot be captured "
+            f"and restored ({type(error).__name__}: {error}); expected a generator with a "
+            "state (random.SystemRandom draws from the OS and has none). Pass a seedable "
+            "generator, e.g. random.Random()."
+        ) from None
     _registered[full] = (gen, source)
     return full
 

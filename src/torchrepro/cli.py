@@ -61,11 +61,17 @@ def _add_take_over_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _seed_option(text: str) -> int | str:
-    """An integer-looking seed is an int (so "-1" is refused, not hashed); else a str."""
-    try:
-        return int(text, 10)
-    except ValueError:
+    """A seed of ASCII digits is an int ("-1" and 5,000 digits are refused, not hashed);
+    anything else a str, hashed."""
+    from torchrepro._derive import parse_seed_text
+
+    digits = text.lstrip("+-")
+    if not (digits.isascii() and digits.isdigit()):
         return text
+    try:
+        return parse_seed_text(text, "--seed")
+    except TorchReproError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _run(args: argparse.Namespace) -> int:

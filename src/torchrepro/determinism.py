@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchrepro import _contract, _flags
+from torchrepro._derive import require_bool
 from torchrepro._flags import check_mode
 from torchrepro.errors import DeterminismError
 
@@ -276,9 +277,14 @@ def enable_determinism(
     """
     if check_mode(mode) is False:
         raise DeterminismError(
-            "enable_determinism(False) would switch nothing on; "
-            "use `with deterministic():` to restore flags afterwards instead."
+            "enable_determinism(False) would switch nothing on; got mode=False, expected "
+            "True or 'warn'. To leave the flags as they are, do not call it; to switch "
+            "determinism on only for a block and restore the flags after it, use "
+            "`with torchrepro.deterministic():`."
         )
+    # Every argument is checked before any flag changes: nothing is half applied.
+    require_bool(fill_uninitialized_memory, "fill_uninitialized_memory", DeterminismError)
+    require_bool(replace_ops, "replace_ops", DeterminismError)
     set_recipe_flags()
     _set_cublas_workspace()
     os.environ.setdefault(_contract.FLASH_ATTENTION, "1")

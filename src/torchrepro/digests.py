@@ -125,16 +125,26 @@ def resolve_algorithm(algorithm: str | None, devices: Iterable[torch.device]) ->
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     """The tensor's logical contents as a flat contiguous uint8 tensor on its own device."""
+    if t.is_nested:
+        raise FingerprintError(
+            "cannot digest a nested tensor; expected a tensor with one shape. Digest its "
+            "components instead: x.unbind()."
+        )
     if t.layout != torch.strided:
         raise FingerprintError(
             f"cannot digest a tensor with layout {t.layout}; expected torch.strided. "
             "Convert it first, e.g. x.to_dense()."
         )
-    if t.is_quantized or t.device.type == "meta":
-        what = "a quantized tensor" if t.is_quantized else "a meta tensor (it holds no data)"
+    if t.is_quantized:
         raise FingerprintError(
-            f"cannot digest {what}; expected a tensor with plain data. "
-            "Digest x.int_repr() and its scale/zero point, or materialise it first."
+            "cannot digest a quantized tensor; expected a tensor with plain data. "
+            "Digest x.int_repr() and its scale and zero point instead."
+        )
+    if t.device.type == "meta":
+        raise FingerprintError(
+            "cannot digest a meta tensor: it holds no data, only a shape; expected a tensor "
+            "with data. Digest it once it is materialised (e.g. after to_empty() and "
+            "loading its weights)."
         )
     t = t.detach()
     if not _storage_holds(t):
@@ -389,19 +399,42 @@ def _digest_tensors(
     return pending
 
 
-def _flatten(obj: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
-    """Canonical (path, leaf) pairs of a nested state: dict keys sorted, sequences in order."""
+_MAX_DEPTH = 100
+"""How deeply a state may nest (far beyond any real state dict; Python's stack is not)."""
+
+
+def _flatten(
+    obj: Any, prefix: str, out: list[tuple[str, Any]], inside: tuple[int, ...] = ()
+) -> None:
+    """Canonical (path, leaf) pairs of a nested state: dict keys sorted, sequences in order.
+
+    ``inside`` holds the ids of the containers on the way here: a container inside itself
+    and a state nested deeper than :data:`_MAX_DEPTH` are refused, not a RecursionError.
+    """
     if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
         out.append((prefix, obj))
-    elif isinstance(obj, Mapping):
+        return
+    if isinstance(obj, (Mapping, list, tuple)):
+        if id(obj) in inside:
+            raise FingerprintError(
+                f"cannot digest a state that contains itself (at {prefix}); expected a tree "
+                "of dicts and lists. Digest the tensors you care about instead."
+            )
+        if len(inside) >= _MAX_DEPTH:
+            raise FingerprintError(
+                f"cannot digest a state nested more than {_MAX_DEPTH} levels deep; expected "
+                "a state dict. Digest the tensors you care about instead."
+            )
+        inside = (*inside, id(obj))
+    if isinstance(obj, Mapping):
         # The count keeps empty mappings visible: {"a": {}} must not digest like {}.
         out.append((prefix, f"<mapping of {len(obj)}>"))
         for key in sorted(obj, key=repr):
-            _flatten(obj[key], f"{prefix}[{key!r}]", out)
+            _flatten(obj[key], f"{prefix}[{key!r}]", out, inside)
     elif isinstance(obj, (list, tuple)):
         out.append((prefix, f"<{type(obj).__name__} of {len(obj)}>"))
         for i, item in enumerate(obj):
-            _flatten(item, f"{prefix}[{i}]", out)
+            _flatten(item, f"{prefix}[{i}]", out, inside)
     else:
         raise FingerprintError(
             f"cannot digest a value of type {type(obj).__name__} at {prefix or 'the top'}; "
@@ -413,6 +446,8 @@ def _flatten(obj: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
 def _leaf_text(value: Any) -> str:
     if isinstance(value, float):
         return f"float:{value.hex()}"  # exact, and tells -0.0 from 0.0
+    if isinstance(value, int) and value.bit_length() > 4096:  # beyond what repr may print
+        return f"{type(value).__name__}:{value:#x}"
     return f"{type(value).__name__}:{value!r}"
 
 

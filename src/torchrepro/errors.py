@@ -27,9 +27,26 @@ class ExitCode(IntEnum):
 
 
 class TorchReproError(RuntimeError):
-    """Root of every error torchrepro raises."""
+    """Root of every error torchrepro raises.
+
+    Its message is printable whatever it quotes: control characters (a terminal escape
+    code in a damaged file's keys, say) are written as escapes; lines and tabs stay.
+
+    Example:
+        >>> print(TorchReproError("bad key rng." + chr(27) + "[31m"))
+        bad key rng.\\x1b[31m
+    """
 
     exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_printable(a) if isinstance(a, str) else a for a in args))
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 class SeedError(TorchReproError, ValueError):

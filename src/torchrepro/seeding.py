@@ -16,6 +16,7 @@ from torchrepro._derive import (
     derive_seed,
     fresh_seed,
     hash_seed_for,
+    require_bool,
     resolve_root,
     root_seed_from_env,
 )
@@ -120,7 +121,10 @@ def seed_everything(
         (False, True)
     """
     mode = None if deterministic is None else check_mode(deterministic)
-    taking_over = takeover.take_over_from_env() if take_over is None else bool(take_over)
+    require_bool(workers, "workers")
+    taking_over = (
+        takeover.take_over_from_env() if take_over is None else require_bool(take_over, "take_over")
+    )
     root = resolve_seed(seed)
 
     global _root

@@ -179,6 +179,7 @@ def check_command(
                 _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
             else:
                 _compare_runs(session, report, runs, max_steps, lockstep, stop_early=plot is None)
+            _incomplete(session, report)
             d = report.divergence
             if d is not None and localize and d.keys and d.section != BATCH:
                 if d.rank is not None:
@@ -367,6 +368,23 @@ def _compare_resumed(
         compared += more
     session.stop(session.runs)
     _conclude(report, compared, divergence, crashed)
+
+
+def _incomplete(session: Session, report: CheckReport) -> None:
+    """A run whose recorder had to stop fails the check, unless the runs parted before."""
+    for run in session.runs:
+        reason = run.tail.incomplete
+        if reason is None:
+            continue
+        d = report.divergence
+        if d is not None and d.keys and d.entry < run.tail.steps:
+            return  # a difference in what both records hold: a finding all the same
+        report.verdict, report.divergence = FAILED, None
+        report.message = (
+            f"the record of {run.name} {run.outcome.index} is incomplete ({reason}); the "
+            "runs cannot be compared past it. Fix the cause and check again."
+        )
+        return
 
 
 def _conclude(

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from torch.utils.data import Dataset
 
-from torchrepro._derive import derive_seed
+from torchrepro._derive import derive_seed, require_int
 from torchrepro._sources import available_sources, capture_all, restore_all, seed_all
 from torchrepro.data import loaders
 
@@ -42,7 +42,7 @@ def sample_seed(index: int) -> int:
     stream = getattr(index, "stream", None)
     if stream is None:
         stream = derive_seed(loaders.current_root(), "sample")
-    return derive_seed(stream, int(index))
+    return derive_seed(stream, require_int(index, "the sample index"))
 
 
 @contextlib.contextmanager

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from torch.utils.data import get_worker_info
 
-from torchrepro._derive import SeedLike, derive_seed, normalize_seed, root_seed_from_env
+from torchrepro._derive import (
+    SeedLike,
+    derive_seed,
+    normalize_seed,
+    require_int,
+    root_seed_from_env,
+)
 from torchrepro._sources import seed_all
 
 WorkerInitFn = Callable[[int], None]
@@ -46,6 +52,8 @@ def seed_worker(worker_id: int, rank: int = 0, seed: SeedLike | None = None) -> 
         >>> seed_worker(1, rank=0, seed=11)  # outside a worker the base seed is 0
         15743459173495007334
     """
+    require_int(worker_id, "worker_id")
+    require_int(rank, "rank")
     root = root_seed_from_env() if seed is None else normalize_seed(seed)
     info = get_worker_info()
     base = (info.seed - info.id) % 2**64 if info is not None else 0

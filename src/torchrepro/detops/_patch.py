@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from torchrepro._derive import require_bool
 from torchrepro.detops._losses import cross_entropy, nll_loss
 from torchrepro.detops._pooling import (
     adaptive_avg_pool1d,
@@ -23,7 +24,7 @@ from torchrepro.detops._pooling import (
 from torchrepro.detops._resample import interpolate, interpolate_supported
 from torchrepro.detops._resample import pad as _pad_replacement
 from torchrepro.detops._scans import bincount, cumsum, histc, scatter_reduce
-from torchrepro.errors import DeterminismError
+from torchrepro.errors import DeterminismError, ReplacementError
 
 _LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
@@ -304,6 +305,7 @@ def patch_nondeterministic_ops(*, force: bool = False) -> list[str]:
         True
     """
     global _force
+    require_bool(force, "force", ReplacementError)
     with _lock:
         if not _saved:
             for owner, attr, _, wrapper in _TARGETS:

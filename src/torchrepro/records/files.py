@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from torchrepro.errors import RecordError
+
 __all__ = [
     "claim_record",
+    "incomplete_path",
+    "open_own_record",
+    "read_incomplete",
     "process_argv",
     "process_files",
     "process_path",
@@ -133,6 +138,72 @@ def claim_record(path: str | os.PathLike[str], world_size: int, rank: int) -> tu
             continue
         return candidate, open(fd, "w", encoding="utf-8")  # noqa: SIM115
     raise AssertionError("unreachable")  # itertools.count() never ends
+
+
+def open_own_record(path: Path) -> IO[str]:
+    """Opens a record path this process chose, for writing, unless another process writes it.
+
+    The file is locked (``flock``) while it is open, and emptied only once locked: a second
+    process given the same path gets a :class:`RecordError` and leaves the first one's
+    record whole.
+
+    Raises:
+        RecordError: Another process holds the record open for writing.
+        OSError: The file cannot be created or opened.
+
+    Example:
+        >>> first = open_own_record(Path("run.jsonl"))
+        >>> open_own_record(Path("run.jsonl"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrepro.errors.RecordError: another process is writing the record 'run.jsonl'; ...
+        >>> first.close()
+    """
+    import fcntl
+
+    file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - "a": nothing truncated yet
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise RecordError(
+            f"another process is writing the record {str(path)!r}; expected a path of this "
+            "process's own. Give each process its own path (e.g. with its rank or pid in "
+            "it), or run them under torchrepro check, which does."
+        ) from None
+    os.ftruncate(file.fileno(), 0)
+    return file
+
+
+def incomplete_path(path: str | os.PathLike[str]) -> Path:
+    """Where a recorder that had to stop says why: ``run.jsonl.incomplete`` beside the record.
+
+    A file of its own, not a line in the record: when the disk is full or the file too
+    large, no more of the record can be written, but an empty file can usually be made.
+
+    Example:
+        >>> str(incomplete_path("runs/a.jsonl"))
+        'runs/a.jsonl.incomplete'
+    """
+    p = Path(path)
+    return p.with_name(p.name + ".incomplete")
+
+
+def read_incomplete(path: str | os.PathLike[str]) -> str | None:
+    """Why the record at ``path`` stopped early, if its recorder had to stop; else None.
+
+    Example:
+        >>> read_incomplete("run.jsonl") is None
+        True
+    """
+    try:
+        with open(incomplete_path(path), "rb") as file:
+            reason = file.read(4096).decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        reason = f"(the reason cannot be read: {error.strerror})"
+    return reason or "the recorder stopped (no reason could be written)"
 
 
 def process_files(path: str | os.PathLike[str]) -> list[tuple[int, bool]]:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrepro.errors import RecordError
+from torchrepro.records.files import read_incomplete
 
 __all__ = [
     "FORMAT",
@@ -223,12 +224,24 @@ def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         found = json.loads(line)
     except json.JSONDecodeError:
+        if f'"{FORMAT}"' in line[:40]:
+            raise RecordError(
+                f"{str(path)!r} is cut inside its header ({len(line)} characters, no end); "
+                "expected a complete first line. The process stopped while writing it (a "
+                "crash or kill at its first step): record the run again."
+            ) from None
         found = None
     if not isinstance(found, dict) or found.get("format") != FORMAT:
         raise RecordError(
             f"{str(path)!r} does not start with a torchrepro record header; got "
             f"{line[:80]!r}; expected a JSON object with format={FORMAT!r}. "
             "Pass a file written by torchrepro.record."
+        )
+    env, options = found.get("env", {}), found.get("options", {})
+    if not isinstance(env, dict) or not isinstance(options, dict):
+        raise RecordError(
+            f"{str(path)!r} has a header whose env or options is not an object; expected "
+            "the header torchrepro.record writes. The file was modified."
         )
     version = found.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -265,7 +278,38 @@ def parse_entry(line: str, path: str | os.PathLike[str], number: int) -> dict[st
             f"{str(path)!r} line {number} is not a step entry; got {line[:80]!r}; expected "
             'an object with "step". The file was modified or mixed.'
         )
+    problem = _layout_problem(entry)
+    if problem is not None:
+        raise RecordError(
+            f"{str(path)!r} line {number} is not a step entry of this layout: {problem}. "
+            "The file was modified, or written by another torchrepro version."
+        )
     return entry
+
+
+def _is_map(value: Any, of: tuple[type, ...]) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, of) for k, v in value.items()
+    )
+
+
+def _layout_problem(entry: dict[str, Any]) -> str | None:
+    """What in an entry is not as the writer writes it, in words; None if nothing."""
+    step = entry[STEP]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f'"step" is {step!r}, expected a non-negative int'
+    optimizer = entry.get(OPTIMIZER)
+    if optimizer is not None and (not isinstance(optimizer, int) or isinstance(optimizer, bool)):
+        return f'"optimizer" is {optimizer!r}, expected an int or null'
+    for section in (PARAMS, GRADS, RNG):
+        if section in entry and not _is_map(entry[section], (str,)):
+            return f'"{section}" is not an object of names to digests'
+    if LOG in entry and not _is_map(entry[LOG], (int, float, str, bool)):
+        return f'"{LOG}" is not an object of names to numbers or strings'
+    batch = entry.get(BATCH, [])
+    if not isinstance(batch, list) or not all(_is_map(b, (str,)) for b in batch):
+        return f'"{BATCH}" is not a list of objects of labels to digests'
+    return None
 
 
 @dataclass(frozen=True)
@@ -277,12 +321,15 @@ class Record:
         header: The header line (format, schema version, rank, options, env manifest).
         entries: One dict per optimizer step, in the order they were written.
         truncated: True if the file ended in a partial line (a crash mid-write).
+        incomplete: Why its recorder stopped before the training ended (an I/O error),
+            else None (:func:`~torchrepro.records.files.read_incomplete`).
     """
 
     path: str
     header: dict[str, Any]
     entries: list[dict[str, Any]]
     truncated: bool = False
+    incomplete: str | None = None
 
     @property
     def env(self) -> dict[str, Any]:
@@ -333,4 +380,4 @@ def read_record(path: str | os.PathLike[str]) -> Record:
             entries.append(parse_entry(tail, p, len(lines) + 1))
         except RecordError:
             truncated = True
-    return Record(str(p), found, entries, truncated)
+    return Record(str(p), found, entries, truncated, read_incomplete(p))

@@ -15,11 +15,14 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from torchrepro import _contract
-from torchrepro.errors import RecordError
+from torchrepro._derive import require_bool
+from torchrepro.digests import resolve_algorithm
+from torchrepro.errors import FingerprintError, RecordError
 from torchrepro.records.format import BATCH, GRADS, OPTIONS, RNG
 from torchrepro.records.writer import LogValue, Recorder
 
@@ -52,8 +55,9 @@ def record(
         path: The record file (JSON lines). With WORLD_SIZE > 1 the rank is inserted:
             ``run.jsonl`` -> ``run.rank{r}.jsonl``.
         grads: Also digest each parameter's gradient.
-        batch: Also digest the tensors passed to the outermost module call(s) of each step
-            (positional arguments).
+        batch: Also digest the batches the data pipeline yielded for each step, labelled
+            by place and shape (:mod:`torchrepro.records._batches`); with no DataLoader,
+            the inputs of the outermost module calls that own parameters.
         rng: Also digest, after each step, the state of every RNG source in use: Python,
             numpy, torch, CUDA/MPS/XPU once the training uses them, and the generators
             registered with :func:`torchrepro.register_generator`.
@@ -64,7 +68,11 @@ def record(
         The running :class:`Recorder`.
 
     Raises:
-        RecordError: if a recording is already active in this process.
+        RecordError: A recording is already active in this process; an option is not a
+            bool or the algorithm unknown; or ``path`` is a folder, or in a folder this
+            process cannot write in. Later I/O errors (a full disk) never stop the
+            training: the recorder stops, warns once, and marks the record incomplete
+            (:func:`~torchrepro.records.files.read_incomplete`).
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -82,8 +90,34 @@ def record(
             f"a recording to {str(current.path)!r} is already active; expected none. "
             "Close it (recorder.close() or leave its with-block) before starting another."
         )
+    _check_arguments(path, {"grads": grads, "batch": batch, "rng": rng}, algorithm)
     _active = Recorder(path, grads=grads, batch=batch, rng=rng, algorithm=algorithm)
     return _active
+
+
+def _check_arguments(
+    path: str | os.PathLike[str], options: dict[str, object], algorithm: str | None
+) -> None:
+    """Everything :func:`record` is given, checked at the call, not at the first step."""
+    for name, value in options.items():
+        require_bool(value, name, RecordError)
+    if algorithm is not None:
+        try:
+            resolve_algorithm(algorithm, [])
+        except FingerprintError as error:
+            raise RecordError(str(error)) from None
+    target = Path(path)
+    folder = next((p for p in target.parents if p.exists()), Path("."))
+    if target.is_dir():
+        problem = "it is a folder"
+    elif not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"{str(folder)!r} is not a folder this process can write in"
+    else:
+        return
+    raise RecordError(
+        f"cannot record to {str(path)!r}: {problem}; expected a file path in a writable "
+        "folder. Pass another path."
+    )
 
 
 def log(**values: LogValue) -> bool:

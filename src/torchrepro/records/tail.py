@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from torchrepro.errors import RecordError
-from torchrepro.records.files import STARTED, process_files, process_path, rank_files
+from torchrepro.records.files import (
+    STARTED,
+    process_files,
+    process_path,
+    rank_files,
+    read_incomplete,
+)
 from torchrepro.records.format import (
     ALGORITHM,
     OPTIMIZER,
@@ -161,6 +167,12 @@ class RecordTail:
                 }
             )
 
+    @property
+    def incomplete(self) -> str | None:
+        """Why a recorder of this process (one of its ranks) stopped early, else None."""
+        paths = [self.path, *rank_files(self.path).values()]
+        return next(filter(None, map(read_incomplete, paths)), None)
+
     def replica_drift(self) -> list[tuple[int | None, dict[str, Any]]]:
         """(step, replica verdict) of each replica check that found a rank drifting.
 
@@ -239,6 +251,11 @@ class RunTail:
     def steps(self) -> int:
         """The entries recorded so far, all processes together."""
         return sum(len(tail.entries) for tail in self._tails.values())
+
+    @property
+    def incomplete(self) -> str | None:
+        """Why a recorder of one of the run's processes stopped early, else None."""
+        return next(filter(None, (tail.incomplete for tail in self._tails.values())), None)
 
     def replica_drift(self) -> list[tuple[int | None, dict[str, Any]]]:
         """(step, replica verdict) of each replica check that found a rank drifting."""

@@ -52,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import time
@@ -73,6 +74,7 @@ from torch.utils.hooks import RemovableHandle
 from torchrepro import _contract, distributed
 from torchrepro.digests import _digest_tensors, _PendingDigests
 from torchrepro.env import environment
+from torchrepro.errors import RecordError
 from torchrepro.records._batches import BatchCapture
 from torchrepro.records._capture import (
     LogValue,
@@ -84,7 +86,13 @@ from torchrepro.records._capture import (
 )
 from torchrepro.records._entries import Backward, PendingEntry, Plan, entry_line
 from torchrepro.records._stats import PendingStats
-from torchrepro.records.files import claim_record, rank_path, this_process
+from torchrepro.records.files import (
+    claim_record,
+    incomplete_path,
+    open_own_record,
+    rank_path,
+    this_process,
+)
 from torchrepro.records.format import BATCH, GRADS, REPLICAS, RNG, header
 
 __all__ = ["LogValue", "Recorder"]
@@ -167,7 +175,7 @@ class Recorder:
     # -- hooks -------------------------------------------------------------------------
 
     def _on_forward_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        if _is_compiling():
+        if _is_compiling() or self._closed:
             return  # traced into a graph: the wrapper's eager call saw this forward
         if self._depth == 0:
             t0 = time.perf_counter()
@@ -183,7 +191,7 @@ class Recorder:
         self._depth += 1
 
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if _is_compiling():
+        if _is_compiling() or self._closed:
             return
         self._depth = max(0, self._depth - 1)
         if self._depth == 0 and self._watching() and torch.is_grad_enabled():
@@ -232,6 +240,8 @@ class Recorder:
     def _on_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        if self._closed:
+            return
         t0 = time.perf_counter()
         if not self._optimizer_stepped:
             self._optimizer_stepped = True
@@ -335,6 +345,8 @@ class Recorder:
 
     def _mark(self) -> None:
         """The end of a step, as :func:`step` marks it: written now unless already written."""
+        if self._closed:
+            return
         t0 = time.perf_counter()
         if self._backward is not None:
             self._settle()  # a hand-written update before step(): that backward pass's step
@@ -365,6 +377,32 @@ class Recorder:
     # -- writing -----------------------------------------------------------------------
 
     def _submit(self, pending: PendingEntry) -> None:
+        try:
+            self._write_entries(pending)
+        except (OSError, RecordError) as error:
+            self._stop(error)
+
+    def _stop(self, error: Exception) -> None:
+        """Stops recording after an I/O error, loudly, and lets the training go on."""
+        reason = f"{type(error).__name__}: {error}"
+        with contextlib.suppress(OSError):  # a full disk may still take an empty file
+            with open(incomplete_path(self.path), "w", encoding="utf-8") as file:
+                file.write(f"stopped after {self.entries} entries: {reason}\n")
+        warnings.warn(
+            f"torchrepro: recording to {str(self.path)!r} stopped after {self.entries} "
+            f"entries ({reason}); the training goes on, unrecorded. The record is "
+            "incomplete: fix the cause (disk space, permissions, a path of its own) and "
+            "record again.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self._waiting = None
+        # The hooks stay, doing nothing, until close(): this may run inside the optimizer's
+        # post-hooks, whose dict may not change while they are called.
+        self._batches.close()
+        self._close_file()
+
+    def _write_entries(self, pending: PendingEntry) -> None:
         # Host digests are final now: write at once. Device digests are left to finish while
         # training goes on and written when the next step arrives (or at close), so the
         # record costs no device synchronisation per step.
@@ -401,7 +439,7 @@ class Recorder:
         else:
             # A path this process chose: "w", a record describes one run of it.
             self.path = rank_path(self._requested, world_size, rank)
-            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+            self._file = open_own_record(self.path)
         created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write(
             header(
@@ -430,24 +468,32 @@ class Recorder:
 
     def close(self) -> None:
         """Write the entries still in flight, remove the hooks and close the file (idempotent)."""
-        if self._closed:
-            return
-        try:
-            if self._backward is not None:
-                self._settle()  # the last hand-written update is done
-            if self._waiting is not None:
-                self._finish(self._waiting)
-                self._waiting = None
-        finally:
-            self._closed = True
-            self._batches.close()
-            for handle in (*self._handles, *self._forward_handles):
-                handle.remove()
-            if self._file is not None:
+        if not self._closed:
+            try:
+                if self._backward is not None:
+                    self._settle()  # the last hand-written update is done
+                if self._waiting is not None:
+                    waiting, self._waiting = self._waiting, None
+                    try:
+                        self._finish(waiting)
+                    except OSError as error:
+                        self._stop(error)
+            finally:
+                self._close_file()
+        self._batches.close()
+        for handle in (*self._handles, *self._forward_handles):
+            handle.remove()
+        self._handles, self._forward_handles = [], []
+        if self._warning_filter in warnings.filters:
+            warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
+        atexit.unregister(self.close)
+
+    def _close_file(self) -> None:
+        self._closed = True
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # what could be written, was
                 self._file.close()
-            if self._warning_filter in warnings.filters:
-                warnings.filters.remove(self._warning_filter)  # type: ignore[attr-defined]
-            atexit.unregister(self.close)
+            self._file = None
 
     @property
     def hook_seconds(self) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torchrepro import _sources
+from torchrepro import _codec, _sources
 from torchrepro._codec import Plain
 from torchrepro._files import PathLike, atomic_write_bytes
 from torchrepro._sources import RegistrableGenerator, RNGSource
@@ -101,8 +101,26 @@ def capture_rng() -> RNGState:
     return RNGState({s.name: s.encode(s.get_state()) for s in _sources.available_sources()})
 
 
-def plan_restore(state: RNGState, skip: Collection[str]) -> list[tuple[RNGSource, Any]]:
+def _names(skip: Collection[str] | str) -> frozenset[str]:
+    """``skip`` as exact source names: one str is one name, never its substrings."""
+    names = (skip,) if isinstance(skip, str) else skip
+    if not isinstance(names, Collection) or not all(isinstance(n, str) for n in names):
+        raise StateError(
+            f"skip must be source names (strs); got {_codec.describe_value(skip)}. Pass e.g. "
+            "skip=('cuda',) or skip='generator:aug'."
+        )
+    return frozenset(names)
+
+
+def plan_restore(state: RNGState, skip: Collection[str] | str) -> list[tuple[RNGSource, Any]]:
     """Decodes and validates every part of ``state``; applies nothing."""
+    if not isinstance(state, RNGState):
+        raise StateError(
+            f"expected an RNGState (from capture_rng or load_rng); got "
+            f"{_codec.describe_value(state)}. Pass what capture_rng() returned, or "
+            "RNGState.from_state_dict(d) for a state dict."
+        )
+    skip = _names(skip)
     live = {s.name: s for s in _sources.available_sources() if s.name not in skip}
     saved = {name: part for name, part in state.sources.items() if name not in skip}
     missing = sorted(set(saved) - set(live))
@@ -127,7 +145,7 @@ def apply_restore(plan: list[tuple[RNGSource, Any]]) -> None:
         source.set_state(value)
 
 
-def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
+def restore_rng(state: RNGState, *, skip: Collection[str] | str = ()) -> None:
     """Puts back a state from :func:`capture_rng`, all of it or nothing.
 
     Every part is checked first (its kind, its size, that it loads into a scratch
@@ -136,10 +154,11 @@ def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
     Args:
         state: The state to restore.
         skip: Source names to leave alone on both sides, e.g. ``("cuda",)`` to restore a
-            GPU run's host state on a CPU-only machine.
+            GPU run's host state on a CPU-only machine; exact names (one str is one name).
 
     Raises:
-        StateError: A part does not fit this process; nothing was changed.
+        StateError: ``state`` is no RNGState, or a part does not fit this process; nothing
+            was changed.
 
     Example:
         >>> state = capture_rng()
@@ -168,6 +187,11 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
         True
     """
     state = capture_rng() if state is None else state
+    if not isinstance(state, RNGState):
+        raise StateError(
+            f"expected an RNGState to save (from capture_rng); got "
+            f"{_codec.describe_value(state)}. Pass state=capture_rng(), or no state."
+        )
     atomic_write_bytes(path, _container.serialize(state.state_dict()))
     return state
 
@@ -219,6 +243,11 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
         >>> register_generator(rng, "augment")
         'generator:augment'
     """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise StateError(
+            f"name must be a non-empty str; got {_codec.describe_value(name)}. Pass a "
+            "stable name such as 'augment' (register_generator(gen, name), generator first)."
+        )
     existing = _sources.registered_name(gen)
     if existing is not None and (name is None or existing == _sources.REGISTERED_PREFIX + name):
         return existing
