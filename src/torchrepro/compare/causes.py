@@ -184,7 +184,7 @@ def diagnose(
         )
     causes += _localization_causes(where)
     if deterministic is False and section in (LOG, GRADS, PARAMS):
-        if where is None or where.kind == "op":
+        if where is None or (where.kind == "op" and not where.random):
             causes.append("deterministic algorithms were off: try --deterministic")
     return causes
 
@@ -195,7 +195,12 @@ def _localization_causes(where: Localization | None) -> list[str]:
     causes = []
     if where.kind == "op":
         base = op_base_name(where.op or "")
-        if base in NONDETERMINISTIC_OPS:
+        if where.random:
+            causes.append(
+                f"{base} in {where.module} drew different random numbers: an RNG state "
+                "differed (a reseed, e.g. from the clock, or a different number of draws)"
+            )
+        elif base in NONDETERMINISTIC_OPS:
             causes.append(
                 f"{base} in {where.module} has a nondeterministic CUDA kernel; try --deterministic"
             )
@@ -204,6 +209,11 @@ def _localization_causes(where: Localization | None) -> list[str]:
                 f"{base} in {where.module} gave different results from identical "
                 "inputs: a nondeterministic kernel or a changing setting"
             )
+    elif where.kind == "uninitialized":
+        causes.append(
+            f"{op_base_name(where.op or '')} in {where.module} read memory that no op had "
+            f"written (made by {where.source_op}): fill it before reading it"
+        )
     elif where.kind == "input":
         causes.append(
             f"values made outside torch's ops reach {where.module} ({where.phase}): "
