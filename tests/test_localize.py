@@ -144,6 +144,7 @@ def test_dropout_memory_is_never_blamed_and_noise_is_named_at_the_inner_module()
 
 def test_a_read_of_torch_empty_without_a_fill_is_uninitialized_memory() -> None:
     report = check_planted("empty")
+    assert report.divergence is not None and report.divergence.step == 1
     where = report.localization
     assert where is not None, report.render()
     assert (where.kind, where.module, where.op) == (
@@ -176,11 +177,20 @@ def test_replays_leave_only_the_traces_the_report_names(tmp_path: Path) -> None:
 
 
 def test_a_replay_that_fails_is_reported_with_the_end_of_its_stderr(tmp_path: Path) -> None:
-    report = check_planted("noise", env={"CRASH_DIR": str(tmp_path)})
+    report = check_planted("noise", env={"STARTS_DIR": str(tmp_path), "REPLAYS": "crash"})
     assert report.verdict == "diverged" and report.localization is None
     text = report.render()
     assert "not localized (the replay of run 1 exited with status 1" in text, text
     assert "planted replay crash" in text
+
+
+def test_replays_that_part_before_the_checked_runs_did_are_not_taken_for_a_localization(
+    tmp_path: Path,
+) -> None:
+    report = check_planted("noise", env={"STARTS_DIR": str(tmp_path), "REPLAYS": "part-early"})
+    assert report.divergence is not None and report.divergence.step == 2
+    assert report.localization is None
+    assert "the replays parted at step 1, before step 2" in report.render()
 
 
 def test_the_tracer_leaves_a_scripts_own_optimizer_hooks_running(tmp_path: Path) -> None:

@@ -65,49 +65,18 @@ OVERWRITTEN = "overwritten"
 # Ops that return uninitialized memory, by op base name: what their outputs hold is
 # whatever was there before, until an op writes it.
 EMPTY_OPS = frozenset(
-    {
-        "empty",
-        "empty_like",
-        "empty_strided",
-        "empty_permuted",
-        "new_empty",
-        "new_empty_strided",
-        "_empty_affine_quantized",
-        "_empty_per_channel_affine_quantized",
-    }
+    {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
+    | {"_empty_affine_quantized", "_empty_per_channel_affine_quantized"}
 )
 
 # Ops that draw random numbers, by op base name; the tracer also counts any op that takes
 # a Generator, and attention with a dropout_p above 0.
 RANDOM_OPS = frozenset(
-    {
-        "bernoulli",
-        "bernoulli_",
-        "normal",
-        "normal_",
-        "uniform_",
-        "random_",
-        "exponential_",
-        "geometric_",
-        "cauchy_",
-        "log_normal_",
-        "native_dropout",
-        "_fused_dropout",
-        "rand",
-        "rand_like",
-        "randn",
-        "randn_like",
-        "randint",
-        "randint_like",
-        "randperm",
-        "multinomial",
-        "poisson",
-        "binomial",
-        "_standard_gamma",
-        "_sample_dirichlet",
-        "rrelu_with_noise",
-        "rrelu_with_noise_",
-    }
+    {"bernoulli", "bernoulli_", "normal", "normal_", "uniform_", "random_", "exponential_"}
+    | {"geometric_", "cauchy_", "log_normal_", "native_dropout", "_fused_dropout", "rand"}
+    | {"rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "multinomial"}
+    | {"poisson", "binomial", "_standard_gamma", "_sample_dirichlet", "rrelu_with_noise"}
+    | {"rrelu_with_noise_"}
 )
 
 # Ops that compute nothing: they make memory or point a tensor at a storage (a

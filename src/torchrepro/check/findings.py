@@ -16,6 +16,7 @@ from torchrepro import localize as loc
 from torchrepro.check.processes import stderr_tail, stop_process
 from torchrepro.check.report import Divergence, TrainingProcess, command_words
 from torchrepro.check.session import POLL_SECONDS, Run, Session, argv_of
+from torchrepro.compare import compare_entries
 from torchrepro.errors import RecordError
 from torchrepro.records.files import process_files, process_path, rank_files
 
@@ -112,7 +113,9 @@ def replay(session: Session, divergence: Divergence) -> Replay:
     every rank has one rank's difference), the lowest of those. Traces of a reused workdir
     are removed first.
 
-    A replay that wrote no trace is named in a note, with the end of its standard error.
+    A replay that wrote no trace is named in a note, with the end of its standard error;
+    so are replays whose own records part before the divergent entry (their traces would
+    start from parameters that differ already).
     """
     world = _world_size(session, divergence)
     paths = [session.workdir / f"trace{index}.jsonl" for index in (divergence.a, divergence.b)]
@@ -120,7 +123,14 @@ def replay(session: Session, divergence: Divergence) -> Replay:
         for stale in [path, *rank_files(path).values()]:
             stale.unlink(missing_ok=True)
     target = {_contract.TRACE_ARGV: json.dumps(list(divergence.argv))} if divergence.argv else {}
-    step = {_contract.TRACE_STEP: str(divergence.entry), **target}
+    # The replays' records only count steps for the tracer: no grads, batch or RNG
+    # digests, and no replica check (its all-gathers would run in the traced step).
+    step = {
+        _contract.TRACE_STEP: str(divergence.entry),
+        _contract.RECORD_WITH: "",
+        _contract.REPLICA_EVERY: "0",
+        **target,
+    }
     runs = [
         session.start(index, {_contract.TRACE: str(path), **step}, name="replay")
         for index, path in zip((divergence.a, divergence.b), paths)
@@ -139,6 +149,18 @@ def replay(session: Session, divergence: Divergence) -> Replay:
     if missing:
         notes = [_failed(run, divergence.entry, timed_out, session.timeout) for run, _ in missing]
         return Replay(None, notes, [])
+    parted = _parted(runs, divergence)
+    if parted is not None:
+        return Replay(
+            None,
+            [
+                f"first differing module: not localized (the replays parted at step {parted}, "
+                f"before step {divergence.entry} where the checked runs did: what makes the "
+                "runs differ does not repeat from run to run, e.g. a read of uninitialized "
+                "memory, timing or threads)"
+            ],
+            [],
+        )
     found: list[tuple[bool, int, int | None, loc.Localization]] = []
     for rank in sorted(set(traces[0]) & set(traces[1]), key=lambda r: -1 if r is None else r):
         try:
@@ -155,6 +177,22 @@ def replay(session: Session, divergence: Divergence) -> Replay:
             if other != rank:
                 path.unlink(missing_ok=True)
     return Replay(replace(where, rank=rank), [], [files[rank] for files in traces])
+
+
+def _parted(runs: list[Run], divergence: Divergence) -> int | None:
+    """The entry before ``divergence.entry`` where the replays' own records part, if any."""
+    processes = []
+    for run in runs:
+        run.tail.poll()
+        found = [p for p in run.tail.processes if argv_of(p) == divergence.argv]
+        if not found:
+            return None
+        processes.append(found[0])
+    ours, theirs = (process.entries[: divergence.entry] for process in processes)
+    for entry, (a, b) in enumerate(zip(ours, theirs)):
+        if compare_entries(a, b) is not None:
+            return entry
+    return None
 
 
 def _failed(run: Run, entry: int, timed_out: bool, timeout: float | None) -> str:
