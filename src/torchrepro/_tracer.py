@@ -168,6 +168,12 @@ def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
             file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
+def _same_files(argv: Sequence[str]) -> list[str]:
+    """A command line with the files it names made absolute: a launcher that starts the
+    other ranks itself (Lightning) names the script by its absolute path."""
+    return [os.path.abspath(word) if os.path.isfile(word) else word for word in argv]
+
+
 def start_trace_from_env() -> StepTrace | None:
     """Starts the step tracer if ``TORCHREPRO_TRACE`` and ``TORCHREPRO_TRACE_STEP`` are set.
 
@@ -201,6 +207,6 @@ def start_trace_from_env() -> StepTrace | None:
     if not path or step is None:
         return None
     wanted = os.environ.get(_contract.TRACE_ARGV)
-    if wanted and json.loads(wanted) != process_argv():
+    if wanted and _same_files(json.loads(wanted)) != _same_files(process_argv()):
         return None  # another process of the command: check replays the one that parted
     return StepTrace(Path(path), int(step))
