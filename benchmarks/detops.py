@@ -43,10 +43,16 @@ def _ops(device: torch.device) -> None:
     cases = [
         ("adaptive_avg_pool2d 24->5", (128, 64, 24, 24), lambda x: F.adaptive_avg_pool2d(x, 5)),
         ("adaptive_avg_pool2d 56->7", (64, 256, 56, 56), lambda x: F.adaptive_avg_pool2d(x, 7)),
-        ("bilinear 32->48", (128, 32, 32, 32),
-         lambda x: F.interpolate(x, size=48, mode="bilinear")),
-        ("bilinear 64->128", (16, 64, 64, 64),
-         lambda x: F.interpolate(x, scale_factor=2, mode="bilinear")),
+        (
+            "bilinear 32->48",
+            (128, 32, 32, 32),
+            lambda x: F.interpolate(x, size=48, mode="bilinear"),
+        ),
+        (
+            "bilinear 64->128",
+            (16, 64, 64, 64),
+            lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"),
+        ),
     ]
     if device.type == "cpu":  # the full shapes take seconds on two cores; shrink them
         cases = [(n, (s[0] // 8, *s[1:]), f) for n, s, f in cases]

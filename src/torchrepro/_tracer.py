@@ -4,17 +4,25 @@ Runs in the replayed process: the ``torchrepro run`` bootstrap calls
 :func:`start_trace_from_env` when ``TORCHREPRO_TRACE`` names a file and
 ``TORCHREPRO_TRACE_STEP`` a step. From the end of step ``s - 1`` to the end of step ``s``
 a ``TorchDispatchMode`` sees every ATen op and notes its name, the module it ran in
-(forward, or backward through ``torch.utils.module_tracker``) and exact digests of its
-tensor inputs and outputs; the trace is then written in the layout that
-:mod:`torchrepro.localize` reads and analyses. Steps are optimizer steps, or, in a replay
-that records (:meth:`StepTrace.follow`), the record's entries, whatever marks them.
+(:mod:`torchrepro._modules`, forward or backward) and exact digests of its tensor inputs
+and outputs and of its other arguments; the trace is then written in the layout that
+:mod:`torchrepro.localize` reads and analyses (one file per rank under torchrun). Steps are
+optimizer steps, or, in a replay that records (:meth:`StepTrace.follow`), the record's
+entries, whatever marks them.
+
+Only computed values are compared (:mod:`torchrepro._unwritten`): memory an op of the
+empty family made digests as a fixed marker until an op writes it, an argument an op
+overwrites without reading it (``bernoulli_``'s ``self``, an ``out=`` tensor) as another;
+an op that reads unwritten memory names the op that made it, and an op that draws random
+numbers says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,81 +31,26 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from torchrepro import _contract
+from torchrepro import _contract, distributed
 from torchrepro._files import atomic_text_writer
-from torchrepro.digests import _digest_tensors
-from torchrepro.localize import (
-    OUTSIDE,
-    TRACE_FORMAT,
-    UNINITIALIZED,
-    UNINITIALIZED_OPS,
-    op_base_name,
-    trace_event,
-)
-from torchrepro.records.files import process_argv
+from torchrepro._modules import Modules
+from torchrepro._unwritten import OpInfo, Unwritten, storage_of
+from torchrepro.localize import OVERWRITTEN, TRACE_FORMAT, trace_event
+from torchrepro.records.files import process_argv, rank_path
 
 __all__ = ["StepTrace", "start_trace_from_env"]
 
 
-def _module_tracker() -> Any:
-    try:
-        from torch.utils.module_tracker import ModuleTracker
-    except ImportError:  # torch < 2.4: ops are traced without their module
-        return None
-    return ModuleTracker()
-
-
-def _innermost(parents: Iterable[str]) -> str:
-    """The deepest module name, without the root's class name ("Net.layer3.0" -> "layer3.0")."""
-    names = [name for name in parents if name != "Global"]
-    if not names:
-        return OUTSIDE
-    deepest = max(names, key=lambda name: (name.count("."), name))
-    root, _, rest = deepest.partition(".")
-    return rest or root
-
-
-def _storage(t: torch.Tensor) -> int | None:
-    try:
-        return t.untyped_storage().data_ptr() or None
-    except (RuntimeError, NotImplementedError):  # sparse, nested, meta: no plain storage
-        return None
-
-
-def _written(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors an op writes into (in-place ``self``, ``out=``): from its schema."""
-    schema = getattr(func, "_schema", None)
-    found: list[torch.Tensor] = []
-    for i, argument in enumerate(getattr(schema, "arguments", ())):
-        info = argument.alias_info
-        if info is None or not info.is_write:
-            continue
-        value = args[i] if i < len(args) else kwargs.get(argument.name)
-        found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-    return found
-
-
 class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Digests every op's tensor inputs and outputs while active.
+    """Digests every op's tensor inputs and outputs while active."""
 
-    Memory no op has written yet (the output of ``empty`` and its kin) holds whatever was
-    there before: it is digested as :data:`~torchrepro.localize.UNINITIALIZED`, so it
-    compares equal, until an op writes into it (``bernoulli_`` into ``empty_like``'s
-    output, an ``out=`` argument). An op that reads such memory is noted in its event.
-    """
-
-    def __init__(self, tracker: Any) -> None:
+    def __init__(self, modules: Modules) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.tracker = tracker
+        self.modules = modules
         self.events: list[dict[str, Any]] = []
         self.pid = os.getpid()
-        self.unwritten: dict[int, str] = {}  # storage -> the op that made it, while unwritten
-
-    def _digests(self, tensors: list[torch.Tensor]) -> list[str]:
-        storages = [_storage(t) for t in tensors]
-        known = [t for t, s in zip(tensors, storages) if s not in self.unwritten]
-        digests = iter(_digest_tensors(known, None).hexdigests() if known else [])
-        return [UNINITIALIZED if s in self.unwritten else next(digests) for s in storages]
+        self.ops: dict[Any, OpInfo] = {}
+        self.unwritten = Unwritten()
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
@@ -105,40 +58,58 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         kwargs = kwargs or {}
         if os.getpid() != self.pid:  # a DataLoader worker forked while tracing
             return func(*args, **kwargs)
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        written = _written(func, args, kwargs)
-        written_ids = {id(t) for t in written}
+        op = self.ops.get(func)
+        if op is None:
+            op = self.ops[func] = OpInfo.of(func)
+        leaves = tree_flatten((args, kwargs))[0]
+        inputs = [t for t in leaves if isinstance(t, torch.Tensor)]
+        written = op.written(args, kwargs) if op.writes else []
+        overwritten = set() if op.reads_written else {id(t) for t in written}
         # Digest inputs before the call: an in-place op overwrites them.
-        before = self._digests(inputs)
-        read = [
-            self.unwritten[s]
-            for t in inputs
-            if id(t) not in written_ids and (s := _storage(t)) in self.unwritten
-        ]
+        digests, sources = self.unwritten.digests([t for t in inputs if id(t) not in overwritten])
+        read = iter(digests)
+        before = [OVERWRITTEN if id(t) in overwritten else next(read) for t in inputs]
+        sizes = [(t, storage_of(t)) for t in written] if op.metadata else []
+        grown = [(t, s, s.nbytes()) for t, s in sizes if s is not None]
         out = func(*args, **kwargs)
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        name = str(func)
-        for t in written:
-            self.unwritten.pop(_storage(t) or 0, None)
-        input_storages = {_storage(t) for t in inputs}
-        for t in outputs:
-            storage = _storage(t)
-            if storage is None or storage in input_storages:
-                continue  # a view of an input: as written as the input is
-            if op_base_name(name) in UNINITIALIZED_OPS:
-                self.unwritten[storage] = name
-            else:
-                self.unwritten.pop(storage, None)  # computed into memory freed and reused
-        after = self._digests(outputs)
-        tracker = self.tracker
+        if op.makes_unwritten:
+            for tensor in outputs:
+                self.unwritten.made(tensor, str(func))
+        elif not op.metadata:
+            for tensor in written:
+                self.unwritten.wrote(tensor)
+        for tensor, storage, nbytes in grown:  # resize_ may grow a storage: new bytes unwritten
+            if storage.nbytes() > nbytes:
+                self.unwritten.made(tensor, str(func), keep=nbytes)
+        after = self.unwritten.digests(outputs)[0] if outputs else []
         backward = torch._C._current_graph_task_id() != -1
-        module = _innermost(tracker.parents) if tracker is not None else OUTSIDE
-        phase = "backward" if backward else "forward"
-        event = trace_event(name, module, phase, before, after)
-        if read:
-            event["unwritten"] = read[0]
-        self.events.append(event)
+        module, phase = self.modules.innermost(), "backward" if backward else "forward"
+        self.events.append(
+            trace_event(
+                str(func),
+                module,
+                phase,
+                before,
+                after,
+                arguments=_arguments(leaves),
+                unwritten=sources,
+                random=op.draws(args, kwargs),
+            )
+        )
         return out
+
+
+_PLAIN = (int, float, complex, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _arguments(leaves: Sequence[Any]) -> str | None:
+    """A digest of an op's numbers, shapes and flags: a value made in Python reaches an op
+    as an argument too. Objects (generators, storages, process groups) are left out."""
+    plain = [leaf for leaf in leaves if leaf is None or isinstance(leaf, _PLAIN)]
+    if not any(leaf is not None for leaf in plain):
+        return None
+    return hashlib.blake2b(repr(plain).encode(), digest_size=8).hexdigest()
 
 
 class StepTrace:
@@ -147,17 +118,16 @@ class StepTrace:
     def __init__(self, path: Path, step: int) -> None:
         self.path, self.step = path, step
         self.steps_seen = 0
-        self.tracker = _module_tracker()
-        self.tracer: _Tracer | None = None
         self.done = False
+        self.modules: Modules | None = None
+        self.tracer: _Tracer | None = None
         self.handle = register_optimizer_step_post_hook(self._on_step)
         if step == 0:
             self._start()
 
     def _start(self) -> None:
-        if self.tracker is not None:
-            self.tracker.__enter__()
-        self.tracer = _Tracer(self.tracker)
+        self.modules = Modules().__enter__()
+        self.tracer = _Tracer(self.modules)
         self.tracer.__enter__()  # type: ignore[no-untyped-call]
 
     def follow(self, recorder: Any) -> None:
@@ -173,18 +143,19 @@ class StepTrace:
         self._on_boundary()
 
     def _on_boundary(self) -> None:
+        # The optimizer's post-hooks are being iterated here: the hook stays registered
+        # (removing it would mutate them mid-iteration) and does nothing once done.
         if self.done:
             return
         self.steps_seen += 1
         if self.tracer is not None:
             tracer, self.tracer = self.tracer, None
             tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-            if self.tracker is not None:
-                self.tracker.__exit__(None, None, None)
-            # Not removed here: this may run inside the optimizer's post-hooks, whose dict
-            # may not change while they are called. A hook left behind costs a compare.
+            assert self.modules is not None, "started with the tracer"
+            self.modules.__exit__()
             self.done = True
-            _write_trace(self.path, self.step, tracer.events)
+            path = rank_path(self.path, distributed.world_size(), distributed.rank())
+            _write_trace(path, self.step, tracer.events)
         elif self.steps_seen == self.step:
             self._start()
 
@@ -197,11 +168,18 @@ def _write_trace(path: Path, step: int, events: list[dict[str, Any]]) -> None:
             file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
+def _same_files(argv: Sequence[str]) -> list[str]:
+    """A command line with the files it names made absolute: a launcher that starts the
+    other ranks itself (Lightning) names the script by its absolute path."""
+    return [os.path.abspath(word) if os.path.isfile(word) else word for word in argv]
+
+
 def start_trace_from_env() -> StepTrace | None:
     """Starts the step tracer if ``TORCHREPRO_TRACE`` and ``TORCHREPRO_TRACE_STEP`` are set.
 
-    With ``TORCHREPRO_TRACE_ARGV`` (a JSON list) only the process of that command line
-    traces: the one training process of a command that ``check`` replays.
+    With ``TORCHREPRO_TRACE_ARGV`` (a JSON list) only the processes of that command line
+    trace: the training process of a command that ``check`` replays. Under torchrun each
+    rank writes its own file (``trace.rank{r}.jsonl``).
 
     Returns:
         The tracer started, or None.
@@ -210,14 +188,18 @@ def start_trace_from_env() -> StepTrace | None:
         >>> os.environ["TORCHREPRO_TRACE"], os.environ["TORCHREPRO_TRACE_STEP"] = "t.jsonl", "1"
         >>> start_trace_from_env()  # doctest: +ELLIPSIS
         <torchrepro._tracer.StepTrace object at ...>
-        >>> model = torch.nn.Linear(2, 1)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> for _ in range(2):
         ...     opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
         >>> from torchrepro.localize import read_trace
         >>> events = read_trace("t.jsonl")  # the ops of step 1
-        >>> [(e["op"], e["phase"]) for e in events if e["module"] == "Linear"][:2]
-        [('aten.t.default', 'forward'), ('aten.addmm.default', 'forward')]
+        >>> [(e["op"], e["module"]) for e in events if e["module"] in ("0", "1")][:3]
+        [('aten.t.default', '0'), ('aten.addmm.default', '0'), ('aten.empty_like.default', '1')]
+        >>> [e["out"] for e in events if e["op"] == "aten.empty_like.default"]  # made, not computed
+        [['unwritten']]
+        >>> [(e["in"][0], e.get("random")) for e in events if e["op"] == "aten.bernoulli_.float"]
+        [('overwritten', True)]
         >>> len(events[-1]["out"][0])  # a 128-bit digest of the last op's output
         32
     """
@@ -225,6 +207,6 @@ def start_trace_from_env() -> StepTrace | None:
     if not path or step is None:
         return None
     wanted = os.environ.get(_contract.TRACE_ARGV)
-    if wanted and json.loads(wanted) != process_argv():
+    if wanted and _same_files(json.loads(wanted)) != _same_files(process_argv()):
         return None  # another process of the command: check replays the one that parted
     return StepTrace(Path(path), int(step))

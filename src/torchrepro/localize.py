@@ -6,12 +6,17 @@ tracer on (:mod:`torchrepro._tracer`, started by the ``torchrepro run`` bootstra
 step ``s - 1`` to the end of step ``s`` it sees every ATen op and writes a trace: a header
 line ``{"format": "torchrepro-trace", "step": s}``, then one :func:`trace_event` per op:
 its name, the module it ran in (forward, or backward), and exact digests of its tensor
-inputs and outputs; memory no op had written yet is digested as :data:`UNINITIALIZED`, and
-an op that read such memory has ``"unwritten"``: the op that made it.
-:func:`first_difference` then walks the two traces side by side: the culprit is the first
-op whose computed output differs while its inputs matched. If an op's inputs differ before
-any op went wrong, the difference came from outside torch's ops (numpy, Python, I/O,
-another process), and the first op that computed with it, and its module, are named.
+inputs and outputs and of its other arguments. :func:`first_difference` then walks the two
+traces side by side: the culprit is the first op whose output differs while its inputs
+matched. If an op's inputs differ before any op went wrong, the difference came from
+outside torch's ops (numpy, Python, I/O, another process), and the op and module that
+first received it are named.
+
+Only computed values count. Memory that an op of the empty family (:data:`EMPTY_OPS`)
+made and no op wrote yet digests as :data:`UNWRITTEN`, an argument that an op overwrites
+without reading it as :data:`OVERWRITTEN`: they compare equal. An op that reads unwritten
+memory and computes something different is named as such (kind ``"uninitialized"``), and
+an op that draws random numbers (``random``) then says that the RNG state differed.
 
 This module reads traces and imports no torch, so the launching process of
 ``torchrepro check`` uses it.
@@ -36,12 +41,13 @@ from typing import Any
 from torchrepro.errors import RecordError
 
 __all__ = [
+    "EMPTY_OPS",
     "NONDETERMINISTIC_OPS",
     "OUTSIDE",
+    "OVERWRITTEN",
     "RANDOM_OPS",
     "TRACE_FORMAT",
-    "UNINITIALIZED",
-    "UNINITIALIZED_OPS",
+    "UNWRITTEN",
     "Localization",
     "first_difference",
     "op_base_name",
@@ -51,44 +57,32 @@ __all__ = [
 
 TRACE_FORMAT = "torchrepro-trace"
 OUTSIDE = "(outside any module)"
-UNINITIALIZED = "uninitialized"
-"""The digest a trace gives memory that no op has written yet: it compares equal."""
+UNWRITTEN = "unwritten"
+"""The digest of memory that no op has written yet (see :data:`EMPTY_OPS`)."""
+OVERWRITTEN = "overwritten"
+"""The digest of an argument that the op writes without reading it (``copy_``'s ``self``)."""
 
-# Ops that return memory as they found it, by op base name: never blamed for its contents.
-UNINITIALIZED_OPS = frozenset(
-    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
+# Ops that return uninitialized memory, by op base name: what their outputs hold is
+# whatever was there before, until an op writes it.
+EMPTY_OPS = frozenset(
+    {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
+    | {"_empty_affine_quantized", "_empty_per_channel_affine_quantized"}
 )
 
-# Ops that draw from an RNG, by op base name: from identical inputs they give a different
-# output exactly when the generator's state differs.
+# Ops that draw random numbers, by op base name; the tracer also counts any op that takes
+# a Generator, and attention with a dropout_p above 0.
 RANDOM_OPS = frozenset(
-    {
-        "bernoulli",
-        "bernoulli_",
-        "normal",
-        "normal_",
-        "uniform_",
-        "exponential_",
-        "geometric_",
-        "log_normal_",
-        "cauchy_",
-        "random_",
-        "rand",
-        "rand_like",
-        "randn",
-        "randn_like",
-        "randint",
-        "randint_like",
-        "randperm",
-        "multinomial",
-        "poisson",
-        "native_dropout",
-        "_fused_dropout",
-        "rrelu_with_noise",
-        "_standard_gamma",
-        "_sample_dirichlet",
-    }
+    {"bernoulli", "bernoulli_", "normal", "normal_", "uniform_", "random_", "exponential_"}
+    | {"geometric_", "cauchy_", "log_normal_", "native_dropout", "_fused_dropout", "rand"}
+    | {"rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "multinomial"}
+    | {"poisson", "binomial", "_standard_gamma", "_sample_dirichlet", "rrelu_with_noise"}
+    | {"rrelu_with_noise_"}
 )
+
+# Ops that compute nothing: they make memory or point a tensor at a storage (a
+# DataLoader worker's batch arrives through set_, when it arrives). They are not lined
+# up between the runs; the values they bring are compared where an op reads them.
+_NOT_COMPUTED = EMPTY_OPS | {"set_"}
 
 # ATen ops whose CUDA kernels are nondeterministic (atomics) or have no deterministic
 # implementation, by op base name; from PyTorch's use_deterministic_algorithms docs.
@@ -156,37 +150,6 @@ NONDETERMINISTIC_OPS = frozenset(
 )
 
 
-# Ops that only hand a value on (wrap, alias, view, copy, cast): the op named as receiving
-# a value made outside torch's ops is the first that computes with it.
-PASSTHROUGH_OPS = frozenset(
-    {
-        "lift_fresh",
-        "lift_fresh_copy",
-        "lift",
-        "alias",
-        "detach",
-        "clone",
-        "_to_copy",
-        "to",
-        "contiguous",
-        "view",
-        "_unsafe_view",
-        "reshape",
-        "expand",
-        "t",
-        "transpose",
-        "permute",
-        "unsqueeze",
-        "squeeze",
-        "select",
-        "slice",
-        "as_strided",
-        "_reshape_alias",
-        "copy_",
-    }
-)
-
-
 def op_base_name(op: str) -> str:
     """The op's name without namespace and overload: ``"aten.index_add_.default"`` ->
     ``"index_add_"``, ``"mylib.noisy.default"`` -> ``"noisy"``.
@@ -202,15 +165,41 @@ def op_base_name(op: str) -> str:
 
 
 def trace_event(
-    op: str, module: str, phase: str, inputs: list[str], outputs: list[str]
+    op: str,
+    module: str,
+    phase: str,
+    inputs: list[str],
+    outputs: list[str],
+    *,
+    arguments: str | None = None,
+    unwritten: Sequence[str] = (),
+    random: bool = False,
 ) -> dict[str, Any]:
     """One op of a trace: its name, module, phase and the digests of its inputs and outputs.
+
+    Args:
+        op, module, phase: The op, the innermost module it ran in, forward or backward.
+        inputs, outputs: Digests of its tensor inputs and outputs.
+        arguments: A digest of its other arguments (numbers, shapes, flags), if any.
+        unwritten: The ops that made unwritten memory this op read (:data:`EMPTY_OPS`).
+        random: It drew random numbers.
 
     Example:
         >>> trace_event("aten.add.Tensor", OUTSIDE, "forward", ["a", "b"], ["c"])["module"]
         '(outside any module)'
+        >>> trace_event("aten.bernoulli_.float", "drop", "forward", [OVERWRITTEN], ["m"],
+        ...             random=True)["random"]
+        True
     """
-    return {"op": op, "module": module, "phase": phase, "in": inputs, "out": outputs}
+    event: dict[str, Any] = {"op": op, "module": module, "phase": phase, "in": inputs}
+    event["out"] = outputs
+    if arguments is not None:
+        event["args"] = arguments
+    if unwritten:
+        event["unwritten"] = list(unwritten)
+    if random:
+        event["random"] = True
+    return event
 
 
 def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -253,21 +242,22 @@ class Localization:
 
     Attributes:
         kind: ``"op"`` (an op computed a different output from the same inputs),
-            ``"uninitialized"`` (an op read memory no op had written, and its output
-            differs),
-            ``"input"`` (an op's inputs already differed: the difference came from outside
-            torch's ops), ``"control-flow"`` (the runs executed different ops),
-            ``"length"`` (one run executed more ops) or ``"none"`` (traces identical).
+            ``"uninitialized"`` (an op read memory that no op had written, and its output
+            differs), ``"input"`` (an op's inputs already differed: the difference came
+            from outside torch's ops), ``"control-flow"`` (the runs executed different
+            ops), ``"length"`` (one run executed more ops) or ``"none"`` (traces identical).
         op: The ATen op, e.g. ``"aten.index_add_.default"``.
-        module: The innermost module it ran in, or ``OUTSIDE``.
+        module: The innermost module it ran in, by its path (``"encoder.layer.1.dense"``),
+            or ``OUTSIDE``.
         phase: ``"forward"`` or ``"backward"``.
         index: Position of the op in the traced step.
+        other_op, other_module: For ``"control-flow"``, the op the other run executed.
         nondeterministic_ops: Ops with nondeterministic CUDA kernels that ran in that module
             during the step.
-        random: The op draws random numbers: its output differs because the generator's
-            state did.
-        source_op: For ``"uninitialized"``, the op that made the memory (``aten.empty...``).
-        rank: The rank whose traces these are, under torchrun; None for one process.
+        source_op: For ``"uninitialized"``, the op of the empty family that made the memory.
+        random: For ``"op"``, the op draws random numbers: a different output from identical
+            inputs then means that the RNG state differed.
+        rank: Under torchrun, the rank whose traces these are.
     """
 
     kind: str
@@ -278,19 +268,25 @@ class Localization:
     other_op: str | None = None
     other_module: str | None = None
     nondeterministic_ops: tuple[str, ...] = field(default_factory=tuple)
-    random: bool = False
     source_op: str | None = None
+    random: bool = False
     rank: int | None = None
 
     def describe(self) -> str:
-        """One line for the report."""
-        where = f"{self.module} ({self.phase})"
-        if self.rank is not None:
-            where = f"rank {self.rank}: {where}"
+        """One line for the report.
+
+        Example:
+            >>> print(Localization("uninitialized", "aten.add.Tensor", "fc", "forward", 4,
+            ...                    source_op="aten.empty.memory_format", rank=1).describe())
+            rank 1: fc (forward): aten.add.Tensor read memory that no op had written (made by
+            aten.empty.memory_format) and gave a different output (op #4 of the step)
+        """
+        rank = "" if self.rank is None else f"rank {self.rank}: "
+        where = f"{rank}{self.module} ({self.phase})"
         if self.kind == "op" and self.random:
             return (
-                f"{where}: {self.op} drew different random numbers from identical inputs "
-                f"(op #{self.index} of the step): the generator's state differed"
+                f"{where}: {self.op} drew different random numbers from identical inputs: "
+                f"the RNG state differed (op #{self.index} of the step)"
             )
         if self.kind == "op":
             return (
@@ -309,12 +305,12 @@ class Localization:
             )
         if self.kind == "control-flow":
             return (
-                f"the runs executed different ops at op #{self.index}: {self.op} in "
+                f"{rank}the runs executed different ops at op #{self.index}: {self.op} in "
                 f"{self.module} vs {self.other_op} in {self.other_module} ({self.phase})"
             )
         if self.kind == "length":
-            return f"one run executed more ops in the step, from op #{self.index} ({self.op})"
-        return "the traced step was identical in both runs"
+            return f"{rank}one run executed more ops in the step, from op #{self.index} ({self.op})"
+        return f"{rank}the traced step was identical in both runs"
 
 
 def _nondeterministic_in(events: Sequence[dict[str, Any]], module: str | None) -> tuple[str, ...]:
@@ -326,8 +322,16 @@ def _nondeterministic_in(events: Sequence[dict[str, Any]], module: str | None) -
     return tuple(sorted(seen))
 
 
+def _computed(events: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """The events of ops that compute, with their place in the trace."""
+    return [(i, e) for i, e in enumerate(events) if op_base_name(e["op"]) not in _NOT_COMPUTED]
+
+
 def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> Localization:
     """The first op at which two traces of the same step part.
+
+    Ops that compute nothing (the empty family, ``set_``) are passed over: a DataLoader
+    worker's batch arrives when it arrives; what the ops bring is compared where it is read.
 
     Example:
         >>> a = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x"], ["y"])]
@@ -336,32 +340,29 @@ def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -
         >>> b = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x2"], ["y"])]
         >>> print(first_difference(a, b).describe())  # doctest: +ELLIPSIS
         layer3.0 (forward): the inputs of aten.add.Tensor already differed (op #0); they ...
+        >>> made = trace_event("aten.empty.memory_format", "fc", "forward", [], [UNWRITTEN])
+        >>> read = [trace_event("aten.add_.Tensor", "fc", "forward", [UNWRITTEN, "x"], [y],
+        ...                     unwritten=["aten.empty.memory_format"]) for y in "yz"]
+        >>> found = first_difference([made, read[0]], [made, read[1]])
+        >>> found.kind, found.op, found.source_op, found.index
+        ('uninitialized', 'aten.add_.Tensor', 'aten.empty.memory_format', 1)
     """
-    pairs = list(enumerate(zip(a, b)))
-    for index, (x, y) in pairs:
-        if x["op"] == y["op"] and x["in"] != y["in"]:
-            # Values from outside: named where first computed with, past wrapping and views.
-            index, (x, y) = next(
-                (
-                    (i, (p, q))
-                    for i, (p, q) in pairs[index:]
-                    if p["op"] == q["op"]
-                    and p["in"] != q["in"]
-                    and op_base_name(p["op"]) not in PASSTHROUGH_OPS
-                ),
-                (index, (x, y)),
-            )
+    ours, theirs = _computed(a), _computed(b)
+    for (index, x), (_, y) in zip(ours, theirs):
+        source, random = None, False
         if x["op"] != y["op"]:
             kind, op, other = "control-flow", x["op"], y["op"]
-        elif x["in"] != y["in"]:
+        elif x["in"] != y["in"] or x.get("args") != y.get("args"):
             kind, op, other = "input", x["op"], None
         elif x["out"] != y["out"]:
-            kind, op, other = ("uninitialized" if "unwritten" in x else "op"), x["op"], None
+            kind, op, other = "op", x["op"], None
+            made = x.get("unwritten") or y.get("unwritten")
+            if made:
+                kind, source = "uninitialized", made[0]
+            random = bool(x.get("random"))
         else:
             continue
         return Localization(
-            random=kind == "op" and op_base_name(op) in RANDOM_OPS,
-            source_op=x.get("unwritten") if kind == "uninitialized" else None,
             kind=kind,
             op=op,
             other_op=other,
@@ -370,16 +371,17 @@ def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -
             phase=x["phase"],
             index=index,
             nondeterministic_ops=_nondeterministic_in(a, x["module"]),
+            source_op=source,
+            random=random and kind == "op",
         )
-    if len(a) != len(b):
-        longer = a if len(a) > len(b) else b
-        shorter = min(len(a), len(b))
-        event = longer[shorter]
+    if len(ours) != len(theirs):
+        longer = ours if len(ours) > len(theirs) else theirs
+        index, event = longer[min(len(ours), len(theirs))]
         return Localization(
             kind="length",
             op=event["op"],
             module=event["module"],
             phase=event["phase"],
-            index=shorter,
+            index=index,
         )
     return Localization(kind="none")

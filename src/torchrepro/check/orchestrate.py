@@ -174,6 +174,7 @@ def check_command(
         # Runs live in sessions of their own (so that stopping one stops its workers and
         # ranks): a terminal hang-up or a kill of check must still stop them.
         restore_signals = stop_on_signals()
+        replayed = None
         try:
             if resume_at is not None:
                 _compare_resumed(session, report, resume_at, max_steps, stop_early=plot is None)
@@ -182,12 +183,7 @@ def check_command(
             _incomplete(session, report)
             d = report.divergence
             if d is not None and localize and d.keys and d.section != BATCH:
-                if d.rank is not None:
-                    report.notes.append(
-                        "first differing module: not localized (the op replay traces one "
-                        "process; multi-rank runs are compared by their records only)"
-                    )
-                elif resume_at is not None and d.entry >= resume_at:
+                if resume_at is not None and d.entry >= resume_at:
                     report.notes.append(
                         "first differing module: not localized (the replay would run "
                         "uninterrupted; the difference comes with the resume)"
@@ -199,7 +195,9 @@ def check_command(
                         "cannot tell which one to trace)"
                     )
                 else:
-                    report.localization = findings.replay(session, d)
+                    replayed = findings.replay(session, d)
+                    report.localization = replayed.localization
+                    report.notes += replayed.notes
         except RunTimeout:
             report.verdict, report.message = FAILED, f"a run took longer than {timeout} s"
         finally:
@@ -207,6 +205,11 @@ def check_command(
                 session.close()
             finally:
                 restore_signals()
+        if replayed is not None and replayed.localization is not None:
+            for path in findings.replay_files(session):  # the workdir keeps the traces
+                path.unlink(missing_ok=True)
+            if workdir is not None:
+                report.notes.append("op traces: " + ", ".join(map(str, replayed.traces)))
         report.runs = [run.outcome for run in session.runs if run.name != "replay"]
         report.processes = findings.training_processes(session)
         # A process's place by start is known for sure only now that every record is read.
