@@ -17,11 +17,12 @@ from typing import Any
 
 from torchrepro import _sources
 from torchrepro._codec import Plain
-from torchrepro._files import PathLike, atomic_write_bytes
+from torchrepro._files import PathLike
 from torchrepro._sources import RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
-from torchrepro.state import _container
+from torchrepro.state import _archive, _container
 from torchrepro.state._container import SCHEMA_VERSION
+from torchrepro.state._zip import RNG_STATE
 
 RNG_FORMAT = "torchrepro.rng"
 
@@ -154,6 +155,10 @@ def restore_rng(state: RNGState, *, skip: Collection[str] = ()) -> None:
 def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
     """Writes an RNG state to ``path`` atomically: a crash leaves the previous file intact.
 
+    The file is sealed like :func:`torchrepro.save_checkpoint`'s (an integrity record
+    covers every byte), keeps the permissions of the file it replaces, and a stale
+    temporary file an interrupted save of ``path`` left is removed.
+
     Args:
         path: The file to write; read it back with :func:`load_rng` or
             ``torch.load(path, weights_only=True)``.
@@ -162,21 +167,29 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
     Returns:
         The state saved.
 
+    Raises:
+        StateError: ``path`` is a directory or its directory does not exist.
+
     Example:
         >>> state = save_rng("rng.pt")
         >>> load_rng("rng.pt") == state
         True
     """
     state = capture_rng() if state is None else state
-    atomic_write_bytes(path, _container.serialize(state.state_dict()))
+    _archive.write_archive(path, state.state_dict(), RNG_STATE)
     return state
 
 
 def load_rng(path: PathLike) -> RNGState:
     """Reads a state written by :func:`save_rng`, never running code from the file.
 
+    The path must name a regular file (a directory, FIFO or device is refused before
+    anything is read); its zip directory and integrity record are checked before its
+    content is, and the state's own checksum after.
+
     Raises:
-        StateError: The file is not a torchrepro RNG state, holds a pickle, is damaged,
+        StateError: The path is missing or not a regular file; the file is not a
+            torchrepro RNG state, holds a pickle, is damaged (the message says which part),
             or has another schema version.
 
     Example:
@@ -186,7 +199,7 @@ def load_rng(path: PathLike) -> RNGState:
         >>> torch.equal(torch.rand(3), first)
         True
     """
-    return RNGState.from_state_dict(_container.load_plain(path))
+    return RNGState.from_state_dict(_archive.read_archive(path, RNG_STATE)[0])
 
 
 # ---------------------------------------------------------------- registered generators
@@ -228,5 +241,3 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
             str(n) for n in itertools.count() if _sources.REGISTERED_PREFIX + str(n) not in taken
         )
     return _sources.register(gen, name)
-
-
