@@ -314,6 +314,15 @@ def test_a_class_allowed_while_saving_must_be_allowed_while_loading(tmp_path: Pa
         torchrepro.load_checkpoint(path)
 
 
+def _nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
 REFUSED_AT_SAVE: dict[str, tuple[Callable[[], Any], str]] = {
     "numpy array": (lambda: np.zeros(3), r"\['extra'\] \(a numpy.ndarray\).*torch.from_numpy"),
     "numpy scalar": (lambda: np.float64(1.5), r"\['extra'\] \(a numpy.float64\).*value.item\(\)"),
@@ -330,6 +339,8 @@ REFUSED_AT_SAVE: dict[str, tuple[Callable[[], Any], str]] = {
         r"\['extra'\] \(a torchrepro.state.rng.RNGState\).*Save state.state_dict\(\)",
     ),
     "lambda": (lambda: lambda: 0, r"torch.save failed .*at checkpoint\['extra'\] \(a function\)"),
+    "5000 nested lists": (lambda: _nested(5000), r"torch.save failed \(RecursionError"),
+    "an int of 5000 bits": (lambda: 1 << 5000, "opcode LONG4, which safe loading does not read"),
 }
 
 

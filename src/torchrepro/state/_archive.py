@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -73,7 +74,13 @@ def write_archive(path: PathLike, value: object, kind: FileKind) -> Path:
                 "to tensors, numbers, strings, lists, tuples and dicts. Nothing was written."
             ) from None
         file.seek(0)
-        unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+        try:
+            unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+        except pickle.UnpicklingError as error:  # an opcode safe loading does not read
+            raise StateError(
+                f"cannot save the {kind.noun} to {target}: torch.load(weights_only=True) "
+                f"could not read it back ({_opcode(error)}). Nothing was written."
+            ) from None
         if unsafe:
             raise _unsafe(value, unsafe, target, kind)
         _seal(file, target, kind)
@@ -169,12 +176,18 @@ def _walk(value: object, root: str) -> Iterator[tuple[str, Any, Any]]:
         seen.add(id(item))
         yield where, item, parent
         if isinstance(item, Mapping) and type(item) in _CONTAINERS:
-            children = [(f"{where}[{key!r}]", child) for key, child in item.items()]
+            children = [(f"{where}[{_key(key)}]", child) for key, child in item.items()]
         elif type(item) in _CONTAINERS:
             children = [(f"{where}[{n}]", child) for n, child in enumerate(item)]
         else:
             continue
         stack.extend((at, child, item) for at, child in reversed(children))
+
+
+def _key(key: object) -> str:
+    if type(key) in (str, int, float, bool) and len(text := repr(key)) <= 80:
+        return text
+    return f"<a {type(key).__name__}>"  # a huge int has no repr; a long key is no help
 
 
 def _first_foreign(value: object, kind: FileKind) -> tuple[str, Any, Any] | None:
@@ -344,6 +357,16 @@ def _load(
                 f"run code cannot be told. Expected a file written by {kind.writer}."
             ) from None
         raise _zip.damaged(path, kind, f"torch cannot load it ({_why(error)})") from None
+
+
+def _opcode(error: BaseException) -> str:
+    found = re.search(r"Unsupported operand (\d+)", str(error))
+    names = {op.code: op.name for op in pickletools.opcodes}
+    if found is None or chr(int(found[1])) not in names:
+        return _why(error)
+    name = names[chr(int(found[1]))]
+    hint = ": an int of more than 2040 bits; store it as a str" if name == "LONG4" else ""
+    return f"its pickle needs opcode {name}, which safe loading does not read{hint}"
 
 
 def _why(error: BaseException) -> str:
