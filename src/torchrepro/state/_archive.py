@@ -9,7 +9,7 @@ appended: the size and xxh3-128 digest of every other record (the pickled struct
 tensor storage, torch's metadata). Plain ``torch.load`` ignores it.
 
 Reading refuses at once what is not a regular file or not a zip archive; then, from the
-zip directory alone, compressed or overlapping records and local headers that disagree
+zip directory alone, records compressed or past the end and local headers that disagree
 with it; then, in a sealed file, every record whose bytes do not match their digest, by
 name, before anything is unpickled. A file without the record (``torch.save``'s, or
 torchrepro 0.1.0's) is read as ``torch.load(weights_only=True)`` reads it. Memory: what

@@ -6,7 +6,7 @@ fail to be one is a StateError that says what was found.
 (the pickled structure), ``data/<n>`` (each tensor storage's bytes) and a few metadata
 records, then the zip directory, on one disk, with no comment. Anything else is refused
 before a record is read: not a regular file, no zip signature, a directory end that does
-not fit the file, compressed, encrypted or overlapping records, local headers that
+not fit the file, records compressed, encrypted or past its end, local headers that
 disagree with the directory.
 
 Example:
