@@ -222,7 +222,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(
         path.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, path)
-    with pytest.raises(StateError, match="refuses.*not executed"):
+    with pytest.raises(StateError, match="not (unpickled|loaded), as a pickle can run code"):
         loader(path)
     assert not marker.exists()
 
@@ -281,7 +281,7 @@ def test_a_flipped_bit_in_the_saved_generator_bytes_is_caught(
     content = bytearray(saved_file)
     content[content.index(needle) + 3] ^= 0x10
     (tmp_path / "flipped.pt").write_bytes(bytes(content))
-    with pytest.raises(StateError, match="checksum|cannot read"):
+    with pytest.raises(StateError, match=r"damaged: tensor storage .*\['torch'\]\['state'\]"):
         load_rng(tmp_path / "flipped.pt")
 
 

@@ -1,10 +1,8 @@
-"""Sealed states: plain data with a format, a schema version and a SHA-256 checksum, and
-the files that hold them.
+"""Sealed states: plain data with a format, a schema version and a SHA-256 checksum.
 
 Every state torchrepro saves (:mod:`torchrepro.state`) is a dict of plain data (tensors,
 ints, floats, strs, lists and dicts) sealed here; opening one checks format, version and
-checksum before anything reads its content. Files are written with torch's serializer
-and read back with ``torch.load(weights_only=True)``, which never runs code from the file.
+checksum before anything reads its content. The files that hold them: :mod:`._archive`.
 
 Example:
     >>> sealed = seal({"format": "example", "version": SCHEMA_VERSION, "x": [1, 2]})
@@ -15,16 +13,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
-import pickle
-import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchrepro._files import PathLike
 from torchrepro.errors import StateError
 
 SCHEMA_VERSION = 1
@@ -108,32 +101,3 @@ def open_sealed(state: object, expected_format: str) -> Mapping[str, Any]:
             f"{actual!r}): it was damaged or edited. Restore from another checkpoint."
         )
     return state
-
-
-# ---------------------------------------------------------------- RNG state
-
-
-def serialize(value: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
-
-
-def load_plain(path: PathLike) -> Any:
-    raw = Path(path).read_bytes()
-    try:
-        with warnings.catch_warnings():
-            # torch warns about the pickle protocol of foreign files; the error says more.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        raise StateError(
-            f"{path} holds objects that safe loading refuses ({str(error).splitlines()[0]}). "
-            "It may be a pickle that runs code when loaded, so it was not executed. Expected "
-            "a file written by torchrepro.save_rng or save_checkpoint; re-save it with them."
-        ) from None
-    except Exception as error:  # a damaged zip or pickle stream can fail in many ways
-        raise StateError(
-            f"cannot read {path}: {type(error).__name__}: {error}. The file is truncated or "
-            "damaged; restore from another checkpoint."
-        ) from error

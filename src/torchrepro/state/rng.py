@@ -17,11 +17,12 @@ from typing import Any
 
 from torchrepro import _codec, _sources
 from torchrepro._codec import Plain
-from torchrepro._files import PathLike, atomic_write_bytes
+from torchrepro._files import PathLike
 from torchrepro._sources import RegistrableGenerator, RNGSource
 from torchrepro.errors import StateError
-from torchrepro.state import _container
+from torchrepro.state import _archive, _container
 from torchrepro.state._container import SCHEMA_VERSION
+from torchrepro.state._zip import RNG_STATE
 
 RNG_FORMAT = "torchrepro.rng"
 
@@ -173,6 +174,10 @@ def restore_rng(state: RNGState, *, skip: Collection[str] | str = ()) -> None:
 def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
     """Writes an RNG state to ``path`` atomically: a crash leaves the previous file intact.
 
+    The file is sealed like :func:`torchrepro.save_checkpoint`'s (an integrity record
+    covers every byte), keeps the permissions of the file it replaces, and a stale
+    temporary file an interrupted save of ``path`` left is removed.
+
     Args:
         path: The file to write; read it back with :func:`load_rng` or
             ``torch.load(path, weights_only=True)``.
@@ -180,6 +185,9 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
 
     Returns:
         The state saved.
+
+    Raises:
+        StateError: ``path`` is a directory or its directory does not exist.
 
     Example:
         >>> state = save_rng("rng.pt")
@@ -192,15 +200,20 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
             f"expected an RNGState to save (from capture_rng); got "
             f"{_codec.describe_value(state)}. Pass state=capture_rng(), or no state."
         )
-    atomic_write_bytes(path, _container.serialize(state.state_dict()))
+    _archive.write_archive(path, state.state_dict(), RNG_STATE)
     return state
 
 
 def load_rng(path: PathLike) -> RNGState:
     """Reads a state written by :func:`save_rng`, never running code from the file.
 
+    The path must name a regular file (a directory, FIFO or device is refused before
+    anything is read); its zip directory and integrity record are checked before its
+    content is, and the state's own checksum after.
+
     Raises:
-        StateError: The file is not a torchrepro RNG state, holds a pickle, is damaged,
+        StateError: The path is missing or not a regular file; the file is not a
+            torchrepro RNG state, holds a pickle, is damaged (the message says which part),
             or has another schema version.
 
     Example:
@@ -210,7 +223,7 @@ def load_rng(path: PathLike) -> RNGState:
         >>> torch.equal(torch.rand(3), first)
         True
     """
-    return RNGState.from_state_dict(_container.load_plain(path))
+    return RNGState.from_state_dict(_archive.read_archive(path, RNG_STATE)[0])
 
 
 # ---------------------------------------------------------------- registered generators

@@ -12,16 +12,18 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 from torchrepro import data, distributed, seeding
-from torchrepro._files import PathLike, atomic_write_bytes
+from torchrepro._files import PathLike
 from torchrepro.errors import StateError
-from torchrepro.state import _container
+from torchrepro.state import _archive, _container
 from torchrepro.state._container import SCHEMA_VERSION
+from torchrepro.state._zip import CHECKPOINT
 from torchrepro.state.rng import RNGState, apply_restore, capture_rng, plan_restore
 
 STATE_FORMAT = "torchrepro.state"
@@ -180,13 +182,29 @@ def load_state_dict(
 
 
 def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
-    """``torch.save`` written atomically: a crash mid-save leaves the previous file intact.
+    """``torch.save`` written atomically and sealed: a crash mid-save leaves the previous file.
 
-    Put only what ``weights_only=True`` loading accepts in it (state dicts of models and
-    optimizers, :func:`state_dict`, tensors, numbers, strings, lists, dicts).
+    Put in it what ``torch.load(weights_only=True)`` reads with no allow-list: state dicts
+    of models and optimizers, :func:`state_dict`, tensors, numbers, strings, lists, tuples
+    and dicts. Anything else is refused here, before a file is written, because no loader
+    could read it back safely: numpy arrays (``torch.from_numpy(x)``), numpy scalars
+    (``x.item()``), ``np.random.get_state()`` (:func:`state_dict` holds it), an
+    :class:`~torchrepro.state.RNGState` (its ``state_dict()``), a
+    :class:`~torchrepro.digests.Digest` (``str(digest)``); the message names where.
+
+    The file is what ``torch.save`` writes (``torch.load`` reads it) plus one record that
+    holds a digest of every other one, so :func:`load_checkpoint` finds damage anywhere,
+    weights included. It is streamed to disk, never held in memory a second time; it keeps
+    the permissions of the file it replaces (a new one gets the umask's, as with
+    ``torch.save``); a stale temporary file an interrupted save of ``path`` left is removed.
 
     Returns:
         The path written.
+
+    Raises:
+        StateError: ``checkpoint`` holds something safe loading refuses or that cannot be
+            pickled; ``path`` is a directory or its directory does not exist. Nothing was
+            written.
 
     Example:
         >>> save_checkpoint("ckpt.pt", {"model": torch.nn.Linear(4, 2).state_dict(), "step": 10})
@@ -194,17 +212,43 @@ def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
         >>> load_checkpoint("ckpt.pt")["step"]
         10
     """
-    return atomic_write_bytes(path, _container.serialize(checkpoint))
+    return _archive.write_archive(path, checkpoint, CHECKPOINT)
 
 
-def load_checkpoint(path: PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` with clear errors; never runs code from the file.
+def load_checkpoint(path: PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` checked first; never runs code from the file.
+
+    Before anything is unpickled: the path must name a regular file (a directory, FIFO or
+    device is refused at once), the file must be a torch zip archive whose directory is
+    sound, and every record must match the digest :func:`save_checkpoint` stored, the
+    model's and optimizer's tensors included; the error names the damaged part. A file
+    without digests (``torch.save``'s, torchrepro 0.1.0's) loads as ``torch.load`` would,
+    with a warning that its content could not be checked.
+
+    Args:
+        path: A file written by :func:`save_checkpoint`.
+        mmap: Map the tensors' storages from the file instead of reading them into memory
+            (``torch.load(mmap=True)``): loading takes little memory whatever the size; the
+            file is still read once to check it. Do not overwrite the file in place while
+            the tensors live (``save_checkpoint`` replaces it, which is safe).
 
     Raises:
-        StateError: The file holds a pickle of arbitrary objects, or is truncated or damaged.
+        StateError: The path is missing or not a regular file, the file is not a
+            checkpoint, is damaged (the message says which part), or holds objects safe
+            loading refuses.
 
     Example:
         >>> _ = save_checkpoint("ckpt.pt", {"step": 10, "weights": torch.ones(2)})
-        >>> checkpoint = load_checkpoint("ckpt.pt")
+        >>> load_checkpoint("ckpt.pt", mmap=True)["weights"]
+        tensor([1., 1.])
     """
-    return _container.load_plain(path)
+    checkpoint, sealed = _archive.read_archive(path, CHECKPOINT, mmap=mmap)
+    if not sealed:
+        warnings.warn(
+            f"{path} has no torchrepro integrity record (it was written by torch.save or "
+            "torchrepro 0.1.0), so damage to its content cannot be detected. Save it again "
+            "with torchrepro.save_checkpoint to add one.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return checkpoint
