@@ -68,6 +68,10 @@ CASES = {
         ("batch[0] 4x8 float32",), {"rng": [SAME_STEP]},
         "rng", "parts in that same step: a reseed or a different number of draws",
     ),
+    "an op that draws inside a fused kernel": Case(
+        ("grads.w",), {"localization": op(), "rng": [SAME_STEP]},
+        "rng", "parts in that same step: the op likely draws from it",
+    ),
     "parameters after a drawn generator parted": Case(
         ("params.w",), {"rng": [IDLE, CLOCK]},
         "rng", "(parameters of w at step 3), and the training draws from it",

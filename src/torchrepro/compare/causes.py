@@ -241,6 +241,16 @@ def classify(
         return found(DATA, f"{what} differs at {_at(step)}, before the model sees it")
     if where is not None:
         category, evidence = _localized(where, environment)
+        same = [d for d in drawn if d.entry == entry]
+        if category == NONDETERMINISTIC_OP and same and not before:
+            # A kernel that is merely nondeterministic moves no generator: one that parts in
+            # this very step says the op drew from it (dropout inside a fused RNN kernel).
+            return found(
+                RNG_STATE,
+                f"in the replay of {_at(step)}, {evidence}; {source_words(same[0].source)}, "
+                "which the training draws from, parts in that same step: the op likely "
+                "draws from it",
+            )
         if before and category != UNINITIALIZED_MEMORY:
             evidence += f"; {rng_first}"  # a likely source of what the replay saw
         return found(category, f"in the replay of {_at(step)}, {evidence}")
