@@ -398,3 +398,18 @@ def test_restore_and_save_want_an_rng_state(state: object, tmp_path: Path) -> No
 def test_messages_quote_damaged_keys_without_terminal_escapes() -> None:
     error = StateError("bad key " + chr(27) + "[31mred")
     assert chr(27) not in str(error) and "\\x1b[31mred" in str(error)
+
+
+@pytest.mark.parametrize("shape", ["cyclic", "deep"])
+def test_a_state_that_contains_itself_or_nests_5000_deep_is_a_state_error(shape: str) -> None:
+    torchrepro.seed_everything(1)
+    saved = torchrepro.state.state_dict()
+    if shape == "cyclic":
+        saved["rng"]["loop"] = saved
+    else:
+        deep: dict[str, object] = {}
+        for _ in range(5000):
+            deep = {"x": deep}
+        saved["rng"]["deep"] = deep
+    with pytest.raises(StateError, match="nested more than 64 levels deep"):
+        torchrepro.state.load_state_dict(saved)

@@ -24,19 +24,32 @@ SCHEMA_VERSION = 1
 """The version written into every saved state; this torchrepro reads exactly this one."""
 
 
-def _feed(digest: Any, value: Any, where: str) -> None:
-    """Hashes plain data canonically; anything that is not plain data is refused."""
+_MAX_DEPTH = 64
+"""How deeply a saved state may nest: torchrepro's own nest a few levels."""
+
+
+def _feed(digest: Any, value: Any, where: str, depth: int = 0) -> None:
+    """Hashes plain data canonically; anything that is not plain data is refused.
+
+    A state nested deeper than :data:`_MAX_DEPTH` (one that contains itself, say) is
+    refused too, not a RecursionError.
+    """
+    if depth > _MAX_DEPTH:
+        raise StateError(
+            f"{where[:200]}: nested more than {_MAX_DEPTH} levels deep (or it contains "
+            "itself); expected a state torchrepro wrote. The state was altered after it."
+        )
     if isinstance(value, Mapping):
         digest.update(b"d%d;" % len(value))
         for key in sorted(value, key=str):
             if not isinstance(key, str):
                 raise StateError(f"{where}: keys must be strs; got {key!r}.")
-            _feed(digest, key, where)
-            _feed(digest, value[key], f"{where}.{key}")
+            _feed(digest, key, where, depth + 1)
+            _feed(digest, value[key], f"{where}.{key}", depth + 1)
     elif isinstance(value, list):
         digest.update(b"l%d;" % len(value))
         for position, item in enumerate(value):
-            _feed(digest, item, f"{where}[{position}]")
+            _feed(digest, item, f"{where}[{position}]", depth + 1)
     elif isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f"t{flat.dtype};{list(value.shape)};".encode())
