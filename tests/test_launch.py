@@ -67,7 +67,7 @@ def test_run_exits_with_the_commands_status() -> None:
 def test_run_refuses_a_bad_seed_as_a_usage_error() -> None:
     result = torchrepro_run("--seed", "-1", "--", PYTHON, "-c", "print('ran')")
     assert result.returncode == 2
-    assert "got -1" in result.stderr and "ran" not in result.stdout
+    assert "got '-1'" in result.stderr and "ran" not in result.stdout
 
 
 def test_run_without_a_command_is_a_usage_error() -> None:
