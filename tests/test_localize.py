@@ -227,16 +227,12 @@ def test_noise_in_a_bert_layer_is_named_by_its_full_path_not_the_first_dropout()
     assert (where.kind, where.module) == ("input", "bert.encoder.layer.1.output.dense")
 
 
-def test_on_two_gloo_ranks_the_rank_whose_module_first_differs_is_named(tmp_path: Path) -> None:
+def test_on_two_gloo_ranks_check_names_the_rank_and_says_it_did_not_localize(
+    tmp_path: Path,
+) -> None:
     command = [*TORCHRUN, str(SCRIPTS / "ddp_mixer.py")]
     plant = {"PLANT_RANK": "1", "PLANT_STEP": "2", "OMP_NUM_THREADS": "1"}
     report = check_planted("", command, env=plant, workdir=tmp_path)
     assert report.divergence is not None and report.divergence.step == 2
-    where = report.localization
-    assert where is not None, report.render()
-    assert (where.rank, where.kind, where.module) == (1, "input", "module.mixer")
-    assert "rank 1: module.mixer (forward)" in report.render()
-    assert sorted(path.name for path in tmp_path.glob("trace*")) == [
-        "trace1.rank1.jsonl",
-        "trace2.rank1.jsonl",
-    ]
+    assert report.localization is None  # no answer rather than a wrong one
+    assert any("not localized (the op replay of several ranks" in n for n in report.notes)

@@ -183,7 +183,15 @@ def check_command(
             _incomplete(session, report)
             d = report.divergence
             if d is not None and localize and d.keys and d.section != BATCH:
-                if resume_at is not None and d.entry >= resume_at:
+                if d.rank is not None:
+                    # The per-rank replay once named the wrong rank and module (a full test
+                    # run under heavy load): until that is understood, no answer over a
+                    # wrong one.
+                    report.notes.append(
+                        "first differing module: not localized (the op replay of several "
+                        "ranks is not yet reliable; the records name the rank above)"
+                    )
+                elif resume_at is not None and d.entry >= resume_at:
                     report.notes.append(
                         "first differing module: not localized (the replay would run "
                         "uninterrupted; the difference comes with the resume)"
