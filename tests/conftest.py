@@ -3,7 +3,9 @@ environment as it found them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -91,3 +93,19 @@ def child_env(**extra: str) -> dict[str, str]:
 PYTHON = sys.executable
 # Two real ranks on the CPU (gloo), as the distributed tests launch them.
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@contextlib.contextmanager
+def time_bound(seconds: int, what: str) -> Iterator[None]:
+    """Raises TimeoutError in the block after ``seconds``: a hang fails a test, not the suite."""
+
+    def timeout(signum: int, frame: object) -> None:
+        raise TimeoutError(what)
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

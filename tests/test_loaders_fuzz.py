@@ -3,7 +3,6 @@ TorchReproError or a value, never another exception and never a hang."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchrepro
+from conftest import time_bound
 from torchrepro import state
 from torchrepro.errors import TorchReproError
 from torchrepro.localize import read_trace
@@ -39,17 +39,8 @@ SETTINGS = settings(
 @pytest.fixture(autouse=True)
 def bounded() -> Iterator[None]:
     """Each example must end within seconds: a hang fails the test instead of the suite."""
-
-    def timeout(signum: int, frame: object) -> None:
-        raise TimeoutError("a loader hung on its input")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
-    try:
+    with time_bound(60, "a loader hung on its input"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def valid_files(folder: Path) -> dict[str, bytes]:

@@ -24,7 +24,7 @@ import torch
 import xxhash
 
 import torchrepro
-from conftest import PYTHON, child_env
+from conftest import PYTHON, child_env, time_bound
 from torchrepro import _files
 from torchrepro.errors import StateError
 from torchrepro.state import load_rng, save_rng
@@ -38,17 +38,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
 @pytest.fixture(autouse=True)
 def _bounded() -> Iterator[None]:
     """A loader that blocks (on a FIFO, say) fails its test instead of hanging the suite."""
-
-    def timeout(signum: int, frame: object) -> None:
-        raise TimeoutError("a loader blocked on its input")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
-    try:
+    with time_bound(60, "a loader blocked on its input"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _same(left: Any, right: Any) -> bool:
