@@ -213,6 +213,7 @@ def test_a_spawned_worker_imports_only_what_seeding_needs() -> None:
         "torchrepro._derive",
         "torchrepro._sources",
         "torchrepro.data",
+        "torchrepro.data.batches",
         "torchrepro.data.workers",
         "torchrepro.errors",
     }

@@ -8,7 +8,9 @@ workers seed Python, numpy and torch from seed, rank, worker id and epoch. Loade
 map-style dataset are *tracked*: :func:`torchrepro.state_dict` records their positions and
 :func:`torchrepro.load_state_dict` makes their next ``iter()`` start where the saved run
 stood, without loading the skipped batches. Inside ``__getitem__``, ``sample_rng(index)``
-makes augmentation depend on the sample only.
+makes augmentation depend on the sample only; without it, each batch is loaded under
+streams of its own (:mod:`torchrepro.data.batches`), so augmentation depends on the batch,
+not on the worker that loads it.
 
 Switch it off with ``seed_everything(seed, workers=False)``.
 
@@ -16,6 +18,7 @@ Its modules, each importing only those listed before it:
 
 - :mod:`~torchrepro.data.workers`: seeding inside a worker (``seed_worker``); light, as a
   spawned worker imports it.
+- :mod:`~torchrepro.data.batches`: the batch streams each batch is loaded under; light too.
 - :mod:`~torchrepro.data.samplers`: resumable samplers (a ``RandomSampler``, a
   ``SequentialSampler``, a ``DistributedSampler`` wrapper) and the ``SampleIndex`` they yield.
 - :mod:`~torchrepro.data.loaders`: the DataLoader hooks and the tracked loaders' positions.

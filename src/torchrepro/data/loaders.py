@@ -34,7 +34,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchrepro import distributed
 from torchrepro._derive import derive_seed, root_seed_from_env
 from torchrepro._sources import seed_generator
+from torchrepro.data import batches
 from torchrepro.data.samplers import (
     ResumableDistributedSampler,
     ResumableSampler,
@@ -229,16 +230,47 @@ def _seeded_init(
             _move(self, track, pending)
 
 
+def _sampler_epoch(loader: DataLoader[Any]) -> int | None:
+    """The ``epoch`` a framework gave a sampler of ``loader`` (``set_epoch``), if any."""
+    pending = [loader.sampler, loader.batch_sampler]
+    for _ in range(4):  # wrappers: a batch sampler over a shard over a sampler, ...
+        found = [getattr(item, "epoch", None) for item in pending]
+        epochs = [epoch for epoch in found if isinstance(epoch, int) and epoch >= 0]
+        if epochs:
+            return epochs[0]
+        pending = [
+            inner for item in pending for inner in (getattr(item, "sampler", None),
+            getattr(item, "batch_sampler", None)) if inner is not None
+        ]  # fmt: skip
+    return None
+
+
 def _tracked_iter(
     original: Callable[[DataLoader[Any]], Iterator[Any]], self: DataLoader[Any]
 ) -> Iterator[Any]:
-    track: _Track | None = self.__dict__.get("_torchrepro_track")
-    if track is None:
+    seeder = self.worker_init_fn
+    if not isinstance(seeder, _WorkerSeeder):  # a loader created before seed_everything
         return original(self)
+    track: _Track | None = self.__dict__.get("_torchrepro_track")
     # The sampler's position and the generator's seed must be set before the inner
     # iterator exists: it draws the workers' base seed and starts the sampler at once.
-    position = track.begin()
-    return _TrackedIterator(original(self), position)
+    position = track.begin() if track is not None else None
+    iterations = self.__dict__.get("_torchrepro_iterations", 0)
+    self.__dict__["_torchrepro_iterations"] = iterations + 1
+    if position is not None:
+        epoch = position.epoch
+    else:
+        sampler_epoch = _sampler_epoch(self)
+        epoch = iterations if sampler_epoch is None else sampler_epoch
+    persistent = self.persistent_workers and self.num_workers > 0
+    stream = None if persistent else batches.epoch_stream(seeder.root, seeder.rank, epoch)
+    if self.num_workers > 0:
+        self.worker_init_fn = replace(seeder, stream=stream)  # read when the workers start
+    iterator = original(self)
+    fetcher = getattr(iterator, "_dataset_fetcher", None)
+    if fetcher is not None:
+        batches.use_in_main_process(fetcher, stream)
+    return iterator if position is None else _TrackedIterator(iterator, position)
 
 
 def _install() -> None:
@@ -255,6 +287,7 @@ def _install() -> None:
 
     DataLoader.__init__ = __init__  # type: ignore[method-assign]
     DataLoader.__iter__ = __iter__  # type: ignore[method-assign, assignment]
+    batches.install()
 
 
 def configure_loaders(root: int | None) -> None:

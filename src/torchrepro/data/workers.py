@@ -23,6 +23,7 @@ from torchrepro._derive import (
     root_seed_from_env,
 )
 from torchrepro._sources import seed_all
+from torchrepro.data import batches
 
 WorkerInitFn = Callable[[int], None]
 
@@ -84,13 +85,19 @@ def worker_init_fn(worker_id: int) -> None:
 
 @dataclass(frozen=True)
 class _WorkerSeeder:
-    """The worker init function given to loaders; picklable for spawned workers."""
+    """The worker init function given to loaders; picklable for spawned workers.
+
+    ``stream`` is the epoch's batch stream (:mod:`torchrepro.data.batches`), set by the
+    loader hook before each ``iter()`` starts the workers.
+    """
 
     root: int
     rank: int
     user_fn: WorkerInitFn | None
+    stream: int | None = None
 
     def __call__(self, worker_id: int) -> None:
         seed_worker(worker_id, self.rank, self.root)
+        batches.use_in_worker(self.stream)
         if self.user_fn is not None:
             self.user_fn(worker_id)
