@@ -125,8 +125,24 @@ def seed_everything(
     taking_over = (
         takeover.take_over_from_env() if take_over is None else require_bool(take_over, "take_over")
     )
-    root = resolve_seed(seed)
+    root = _set_root(resolve_seed(seed))
+    seed_all(root)
+    if mode is None:
+        determinism.set_recipe_flags()
+    elif mode is not False:
+        determinism.enable_determinism(mode)
+    _configure(root, workers=workers, take_over=taking_over)
+    log.info(
+        "torchrepro: seeded everything with %d on rank %d of %d (deterministic=%s)",
+        root,
+        distributed.rank(),
+        distributed.world_size(),
+        deterministic,
+    )
+    return root
 
+
+def _set_root(root: int) -> int:
     global _root
     _root = root
     os.environ[_contract.SEED] = str(root)
@@ -138,21 +154,39 @@ def seed_everything(
             "set when it started), so set and dict-of-str order changes per run. Child "
             "processes are fixed; for this one, launch with `torchrepro run -- python ...`.",
         )
-    seed_all(root)
-    if mode is None:
-        determinism.set_recipe_flags()
-    elif mode is not False:
-        determinism.enable_determinism(mode)
+    return root
+
+
+def _configure(root: int, *, workers: bool, take_over: bool) -> None:
     data.configure_loaders(root if workers else None)
     distributed.configure(root)
-    takeover.install(root, taking_over)
-    log.info(
-        "torchrepro: seeded everything with %d on rank %d of %d (deterministic=%s)",
-        root,
-        distributed.rank(),
-        distributed.world_size(),
-        deterministic,
-    )
+    takeover.install(root, take_over)
+
+
+def adopt_seed(seed: SeedLike) -> int:
+    """Everything ``seed_everything(seed)`` sets up but the seeding: for a framework callback.
+
+    The framework (``pl.seed_everything``, ``transformers.set_seed``) seeded the generators
+    and built the model with them; they are left as they are. Loaders created from now on
+    are seeded and tracked from ``seed``, ``TORCHREPRO_SEED`` is exported, DDP ranks get
+    their own streams at the wrap, and later reseeds are reported (take-over off).
+
+    Returns:
+        The root seed, an int.
+
+    Raises:
+        SeedError: ``seed`` is not an int in [0, 2**64) or a str.
+
+    Example:
+        >>> _ = torch.manual_seed(5)
+        >>> first = torch.rand(2)
+        >>> _ = torch.manual_seed(5)
+        >>> adopt_seed(42), root_seed(), torch.equal(torch.rand(2), first)
+        (42, 42, True)
+    """
+    root = _set_root(resolve_seed(seed))
+    _configure(root, workers=True, take_over=False)
+    log.info("torchrepro: following seed %d on rank %d", root, distributed.rank())
     return root
 
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torchrepro.data.loaders import LoaderPosition as LoaderPosition
+    from torchrepro.data.loaders import adopt_loader as adopt_loader
     from torchrepro.data.loaders import apply_positions as apply_positions
     from torchrepro.data.loaders import check_positions as check_positions
     from torchrepro.data.loaders import configure_loaders as configure_loaders
@@ -68,6 +69,7 @@ _OWNERS = {
     "ResumableSampler": "samplers",
     "ResumableSequentialSampler": "samplers",
     "SampleIndex": "samplers",
+    "adopt_loader": "loaders",
     "apply_positions": "loaders",
     "check_positions": "loaders",
     "configure_loaders": "loaders",

@@ -33,12 +33,18 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 from torch.utils.data.distributed import DistributedSampler
 
 from torchrepro import distributed
@@ -222,12 +228,79 @@ def _seeded_init(
     config.created += 1
     original(*bound.args, **bound.kwargs)
     if sampler is not None:
-        track = _Track(index, config.root, rank, sampler, generator)
-        self._torchrepro_track = track
-        config.tracked[index] = weakref.ref(self)
-        pending = config.pending.pop(index, None)
-        if pending is not None:
-            _move(self, track, pending)
+        _register(self, config, _Track(index, config.root, rank, sampler, generator))
+
+
+def _register(loader: DataLoader[Any], config: _LoaderConfig, track: _Track) -> None:
+    loader.__dict__["_torchrepro_track"] = track
+    config.tracked[track.index] = weakref.ref(loader)
+    pending = config.pending.pop(track.index, None)
+    if pending is not None:
+        _move(loader, track, pending)
+
+
+def _made_by_pytorch(loader: DataLoader[Any]) -> bool:
+    """Whether ``loader``'s sampling is what PyTorch makes for ``shuffle``, with nothing of
+    the user's: a plain ``RandomSampler`` or ``SequentialSampler``, a plain batch sampler."""
+    sampler = loader.sampler
+    plain_random = (
+        type(sampler) is RandomSampler
+        and not sampler.replacement
+        and sampler._num_samples is None
+        and sampler.generator is None
+    )
+    return (
+        (plain_random or type(sampler) is SequentialSampler)
+        and loader.generator is None
+        and type(loader.batch_sampler) in (BatchSampler, type(None))
+        and getattr(loader.batch_sampler, "sampler", sampler) is sampler
+        and _trackable({"dataset": loader.dataset})
+    )
+
+
+def adopt_loader(loader: DataLoader[Any]) -> bool:
+    """Seeds and tracks a loader created before loaders were configured, as if created now.
+
+    For frameworks whose users create a loader before the callback that configures
+    torchrepro runs (``trainer.fit(model, DataLoader(...))``). Only a loader whose
+    sampling PyTorch made (``shuffle`` and a batch size, no sampler, batch sampler or
+    generator of the user's), not yet iterated, is adopted: its sampler becomes the
+    resumable one, its generator and worker init function torchrepro's. Returns whether it
+    was (or already is) seeded by torchrepro.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> configure_loaders(None)
+        >>> loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, shuffle=True)
+        >>> configure_loaders(11)
+        >>> adopt_loader(loader), type(loader.sampler).__name__
+        (True, 'ResumableRandomSampler')
+    """
+    config = _config
+    if isinstance(loader.worker_init_fn, _WorkerSeeder):
+        return True
+    if config is None or not _made_by_pytorch(loader) or loader.__dict__.get("_iterator"):
+        return False
+    rank, index = distributed.rank(), config.created
+    generator = seed_generator(torch.Generator(), derive_seed(config.root, "loader", rank, index))
+    _made.add(generator)
+    sampler = resumable_sampler(
+        loader.dataset,  # type: ignore[arg-type]
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        seed=config.root,
+        key=(index,),
+        batch_size=loader.batch_size or 1,
+        generator=generator,
+    )
+    # DataLoader refuses a new sampler after __init__; this is what __init__ would have set.
+    object.__setattr__(loader, "sampler", sampler)
+    if loader.batch_sampler is not None:
+        loader.batch_sampler.sampler = sampler
+    loader.generator = generator
+    loader.worker_init_fn = _WorkerSeeder(config.root, rank, loader.worker_init_fn)
+    config.created += 1
+    _register(loader, config, _Track(index, config.root, rank, sampler, generator))
+    return True
 
 
 def _sampler_epoch(loader: DataLoader[Any]) -> int | None:
@@ -348,8 +421,22 @@ def _describe_loader(loader: DataLoader[Any]) -> tuple[int, int]:
     return len(loader.dataset), loader.batch_size or 0  # type: ignore[arg-type]
 
 
-def loader_positions() -> list[LoaderPosition]:
+def _consumed_position(track: _Track, batches: int, per_epoch: int) -> tuple[int, int]:
+    if track.current is None:  # not iterated since it was created or moved
+        return track.following.epoch, track.following.batch
+    if batches >= per_epoch:
+        return track.current.epoch + 1, 0
+    return track.current.epoch, batches
+
+
+def loader_positions(consumed: Mapping[DataLoader[Any], int] | None = None) -> list[LoaderPosition]:
     """The position of every live tracked loader, by creation index.
+
+    Args:
+        consumed: For a loop that fetches batches ahead of the step that uses them
+            (Lightning, accelerate): per loader, the batches of its current epoch the
+            training has used; the position is taken from it instead of the batches the
+            loader handed out. As many as the loader's length means the epoch is done.
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -361,9 +448,14 @@ def loader_positions() -> list[LoaderPosition]:
         >>> loader_positions()
         [LoaderPosition(index=0, epoch=0, batch=1, samples=8, batch_size=2)]
     """
+    consumed = consumed or {}
     positions = []
     for index, loader in sorted(_live_tracked().items()):
-        epoch, batch = loader._torchrepro_track.position()  # type: ignore[attr-defined]
+        track: _Track = loader._torchrepro_track  # type: ignore[attr-defined]
+        if loader in consumed:
+            epoch, batch = _consumed_position(track, consumed[loader], len(loader))
+        else:
+            epoch, batch = track.position()
         samples, batch_size = _describe_loader(loader)
         positions.append(LoaderPosition(index, epoch, batch, samples, batch_size))
     for position in _config.pending.values() if _config is not None else ():

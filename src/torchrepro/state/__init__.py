@@ -39,7 +39,13 @@ from torchrepro.state.rng import (
     restore_rng,
     save_rng,
 )
-from torchrepro.state.training import load_checkpoint, load_state_dict, save_checkpoint, state_dict
+from torchrepro.state.training import (
+    load_checkpoint,
+    load_state_dict,
+    save_checkpoint,
+    saved_rng,
+    state_dict,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -52,5 +58,6 @@ __all__ = [
     "restore_rng",
     "save_checkpoint",
     "save_rng",
+    "saved_rng",
     "state_dict",
 ]

@@ -18,6 +18,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from torchrepro import data, distributed, seeding
 from torchrepro._files import PathLike
 from torchrepro.errors import StateError
@@ -31,13 +33,18 @@ STATE_FORMAT = "torchrepro.state"
 # ---------------------------------------------------------------- torchrepro.state_dict
 
 
-def state_dict() -> dict[str, Any]:
+def state_dict(consumed: Mapping[DataLoader[Any], int] | None = None) -> dict[str, Any]:
     """Everything torchrepro tracks, for the user's checkpoint next to model and optimizer.
 
     Holds the root seed, every RNG state (registered generators included), the
     position of every tracked DataLoader (see :mod:`torchrepro.data`) and the rank layout
     (this rank, the world size, whether its streams were split), as plain data with a
     schema version and checksum. Under torchrun each rank saves its own.
+
+    Args:
+        consumed: For a loop that fetches batches ahead of the step using them: per
+            loader, the batches of its current epoch trained on (see
+            :func:`torchrepro.data.loader_positions`). The framework callbacks pass it.
 
     Raises:
         SeedError: No root seed was set (call ``seed_everything`` first).
@@ -53,7 +60,7 @@ def state_dict() -> dict[str, Any]:
         "version": SCHEMA_VERSION,
         "seed": seeding.root_seed(),
         "rng": capture_rng().state_dict(),
-        "loaders": [asdict(position) for position in data.loader_positions()],
+        "loaders": [asdict(position) for position in data.loader_positions(consumed)],
         "distributed": {
             "rank": distributed.rank(),
             "world_size": distributed.world_size(),
@@ -176,6 +183,29 @@ def load_state_dict(
     apply_restore(plan)
     data.apply_positions(positions)
     distributed.mark_split(split)
+
+
+def saved_rng(state: Mapping[str, Any]) -> RNGState:
+    """The RNG states a :func:`state_dict` holds, checked, for a restore at a later moment.
+
+    A framework callback loads the whole state when the checkpoint is read, and puts the
+    random streams back again right before training resumes, after what the framework
+    draws in between (a sanity check, the model's set-up).
+
+    Raises:
+        StateError: The state is damaged or not torchrepro's.
+
+    Example:
+        >>> torchrepro.seed_everything(11)
+        11
+        >>> saved = state_dict()
+        >>> first = torch.rand(3)
+        >>> torchrepro.restore_rng(saved_rng(saved))
+        >>> torch.equal(torch.rand(3), first)
+        True
+    """
+    opened = _container.open_sealed(state, STATE_FORMAT)
+    return RNGState.from_state_dict(opened.get("rng"))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- whole checkpoints

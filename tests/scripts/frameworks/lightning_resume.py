@@ -1,0 +1,87 @@
+"""A Lightning training resumed with Lightning's own checkpoints, as its users write it.
+
+224 samples with random augmentation (Python, numpy and torch draws in ``__getitem__``),
+batches of 16: 14 steps an epoch, 2 epochs, a model with dropout. ``OUT``: a folder.
+The uninterrupted run saves checkpoints after step 10 (mid-epoch) and step 14 (the epoch
+boundary) under ``OUT/step10``, ``OUT/step14``. ``RESUME=path`` resumes from one with
+``trainer.fit(..., ckpt_path=path)``. Either way the final parameters go to
+``OUT/final.pt`` (``FINAL`` names another file). ``WORKERS``: loader workers (2).
+``CALLBACK=1`` adds torchrepro's callback: the only torchrepro line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+OUT = Path(os.environ["OUT"])
+RESUME = os.environ.get("RESUME")
+WORKERS = int(os.environ.get("WORKERS", "2"))
+CALLBACK = os.environ.get("CALLBACK") == "1"
+
+
+class Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __len__(self) -> int:
+        return 224
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.sin(torch.arange(16) * 0.3 + index)
+        x = x + 0.1 * torch.randn(16)  # noise
+        if random.random() < 0.5:  # flip
+            x = x.flip(0)
+        x = x * float(np.random.uniform(0.9, 1.1))  # scale
+        return x, torch.tensor(float(index % 3))
+
+
+class Model(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 1)
+        )
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x).squeeze(1), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging
+    pl.seed_everything(42, workers=True, verbose=False)
+    loader = DataLoader(Augmented(), batch_size=16, shuffle=True, num_workers=WORKERS)
+    model = Model()
+    callbacks: list[pl.Callback] = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=OUT / f"step{n}", every_n_train_steps=n, save_top_k=-1, filename="{step}"
+        )
+        for n in (10, 14)
+    ]
+    if CALLBACK:
+        from torchrepro.integrations.lightning import TorchRepro
+
+        callbacks.append(TorchRepro())
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, loader, ckpt_path=RESUME)
+    torch.save(model.state_dict(), OUT / os.environ.get("FINAL", "final.pt"))
+
+
+if __name__ == "__main__":
+    main()
