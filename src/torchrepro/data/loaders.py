@@ -295,7 +295,7 @@ def adopt_loader(loader: DataLoader[Any]) -> bool:
     # DataLoader refuses a new sampler after __init__; this is what __init__ would have set.
     object.__setattr__(loader, "sampler", sampler)
     if loader.batch_sampler is not None:
-        loader.batch_sampler.sampler = sampler
+        loader.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
     loader.generator = generator
     loader.worker_init_fn = _WorkerSeeder(config.root, rank, loader.worker_init_fn)
     config.created += 1

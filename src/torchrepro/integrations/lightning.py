@@ -86,9 +86,7 @@ class TorchRepro(pl.Callback):
         trained = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         per_epoch = trainer.num_training_batches
         loaders = _loaders(trainer.train_dataloader)
-        consumed = {
-            loader: trained if trained < per_epoch else len(loader) for loader in loaders
-        }
+        consumed = {loader: trained if trained < per_epoch else len(loader) for loader in loaders}
         checkpoint[_resume.KEY] = _resume.every_rank(consumed)
 
     def on_load_checkpoint(

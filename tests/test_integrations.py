@@ -1,0 +1,127 @@
+"""Exact resume inside the real frameworks, through their own checkpoints and resume.
+
+Each script in tests/scripts/frameworks/*_resume.py is a training as its framework's users
+write it, with random augmentation in the dataset and dropout in the model; torchrepro's
+callback is its only torchrepro line (``CALLBACK=1``). An uninterrupted run saves a
+checkpoint mid-epoch and one at an epoch boundary, each resumed in a new process with the
+framework's own resume argument; the final parameters are compared bit for bit. Without
+the callback the same test shows the framework alone does not resume exactly (if a release
+fixes that, the test is skipped and says so).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PYTHON, SCRIPTS, child_env
+
+FRAMEWORKS = SCRIPTS / "frameworks"
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    package: str
+    script: str
+    checkpoints: dict[str, str]  # resume point -> checkpoint path under OUT
+
+
+LIGHTNING = Framework(
+    "Lightning",
+    "pytorch_lightning",
+    "lightning_resume.py",
+    {"mid-epoch": "step10/step=10.ckpt", "epoch-boundary": "step14/step=14.ckpt"},
+)
+
+HF_TRAINER = Framework(
+    "HF Trainer",
+    "transformers",
+    "hf_resume.py",
+    {"mid-epoch": "checkpoint-5", "epoch-boundary": "checkpoint-10"},
+)
+ALL = [pytest.param(LIGHTNING, id="lightning"), pytest.param(HF_TRAINER, id="hf-trainer")]
+
+
+def needs_framework(framework: Framework) -> None:
+    # Probed without importing: the framework runs in the child processes only.
+    if importlib.util.find_spec(framework.package) is None:
+        pytest.skip(f"{framework.package} is not installed (extra 'frameworks')")
+
+
+def start(framework: Framework, out: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, str(FRAMEWORKS / framework.script)],
+        env=child_env(OUT=str(out), **ENV, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def resumed_runs(
+    framework: Framework, out: Path, *, callback: bool, workers: int, **env: str
+) -> tuple[dict[str, bool], dict[str, str]]:
+    """Per resume point: whether the resumed run ends with the uninterrupted run's
+    parameters, and what it printed."""
+    needs_framework(framework)
+    env = {"CALLBACK": "1" if callback else "0", "WORKERS": str(workers), **env}
+    finish(start(framework, out, **env))
+    resumes = {
+        point: start(framework, out, RESUME=str(out / path), FINAL=f"{point}.pt", **env)
+        for point, path in framework.checkpoints.items()
+    }  # both resumes at once
+    printed = {point: finish(process) for point, process in resumes.items()}
+    whole = torch.load(out / "final.pt", weights_only=True)
+    equal = {}
+    for point in resumes:
+        resumed = torch.load(out / f"{point}.pt", weights_only=True)
+        equal[point] = all(torch.equal(whole[key], resumed[key]) for key in whole)
+    return equal, printed
+
+
+@pytest.mark.parametrize("framework", ALL)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_callback_resumes_the_framework_exactly_mid_epoch_and_at_an_epoch_boundary(
+    tmp_path: Path, framework: Framework, workers: int
+) -> None:
+    equal, _ = resumed_runs(framework, tmp_path, callback=True, workers=workers)
+    assert equal == dict.fromkeys(framework.checkpoints, True)
+
+
+@pytest.mark.parametrize("framework", ALL)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_the_callback_the_framework_alone_does_not_resume_exactly(
+    tmp_path: Path, framework: Framework, workers: int
+) -> None:
+    equal, _ = resumed_runs(framework, tmp_path, callback=False, workers=workers)
+    version = importlib.metadata.version(framework.package)
+    if all(equal.values()):  # a release fixed it: say so rather than fail
+        pytest.skip(
+            f"{framework.name} {version} alone now resumes exactly: the callback adds nothing"
+        )
+    assert not equal["mid-epoch"], f"{framework.name} {version} alone resumed exactly mid-epoch"
+
+
+def test_with_ignore_data_skip_trainer_resumes_exactly_at_an_epoch_boundary_and_warns_inside_one(
+    tmp_path: Path,
+) -> None:
+    equal, printed = resumed_runs(
+        HF_TRAINER, tmp_path, callback=True, workers=2, IGNORE_DATA_SKIP="1"
+    )
+    assert equal == {"mid-epoch": False, "epoch-boundary": True}
+    assert "ignore_data_skip=True: Trainer restarts the epoch" in printed["mid-epoch"]
+    assert "ignore_data_skip" not in printed["epoch-boundary"]
