@@ -47,7 +47,17 @@ HF_TRAINER = Framework(
     "hf_resume.py",
     {"mid-epoch": "checkpoint-5", "epoch-boundary": "checkpoint-10"},
 )
-ALL = [pytest.param(LIGHTNING, id="lightning"), pytest.param(HF_TRAINER, id="hf-trainer")]
+ACCELERATE = Framework(
+    "accelerate",
+    "accelerate",
+    "accelerate_resume.py",
+    {"mid-epoch": "step10", "epoch-boundary": "step14"},
+)
+ALL = [
+    pytest.param(LIGHTNING, id="lightning"),
+    pytest.param(HF_TRAINER, id="hf-trainer"),
+    pytest.param(ACCELERATE, id="accelerate"),
+]
 
 
 def needs_framework(framework: Framework) -> None:

@@ -12,32 +12,18 @@ boundary) under ``OUT/step10``, ``OUT/step14``. ``RESUME=path`` resumes from one
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from augmented import Augmented
+from torch.utils.data import DataLoader
 
 OUT = Path(os.environ["OUT"])
 RESUME = os.environ.get("RESUME")
 WORKERS = int(os.environ.get("WORKERS", "2"))
 CALLBACK = os.environ.get("CALLBACK") == "1"
-
-
-class Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    def __len__(self) -> int:
-        return 224
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.sin(torch.arange(16) * 0.3 + index)
-        x = x + 0.1 * torch.randn(16)  # noise
-        if random.random() < 0.5:  # flip
-            x = x.flip(0)
-        x = x * float(np.random.uniform(0.9, 1.1))  # scale
-        return x, torch.tensor(float(index % 3))
 
 
 class Model(pl.LightningModule):
