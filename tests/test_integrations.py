@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import torchrepro
 from conftest import PYTHON, SCRIPTS, child_env
+from torchrepro.errors import SeedError, StateError
+from torchrepro.integrations import _resume
 
 FRAMEWORKS = SCRIPTS / "frameworks"
 ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -135,3 +138,34 @@ def test_with_ignore_data_skip_trainer_resumes_exactly_at_an_epoch_boundary_and_
     assert equal == {"mid-epoch": False, "epoch-boundary": True}
     assert "ignore_data_skip=True: Trainer restarts the epoch" in printed["mid-epoch"]
     assert "ignore_data_skip" not in printed["epoch-boundary"]
+
+
+def test_a_callback_with_no_seed_to_follow_says_how_to_give_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TORCHREPRO_SEED", raising=False)
+    monkeypatch.setattr(torchrepro.seeding, "_root", None)
+    with pytest.raises(SeedError, match=r"pl.seed_everything\(seed\).*seed=<int>"):
+        _resume.follow(None, None, "pl.seed_everything(seed)")
+
+
+def test_a_callback_follows_the_framework_seed_and_leaves_the_generators_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torchrepro.seeding, "_root", None)
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    assert _resume.follow(None, 42, "") == 42
+    assert torchrepro.seeding.root_seed() == 42
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_a_checkpoint_entry_of_another_shape_or_rank_count_is_refused() -> None:
+    torchrepro.seed_everything(11)
+    with pytest.raises(StateError, match="expected {'ranks'"):
+        _resume.own_rank({"rank": []})
+    with pytest.raises(StateError, match="holds the state of 2 rank"):
+        _resume.own_rank({"ranks": [{}, {}]})
+    saved = _resume.every_rank({})
+    assert _resume.own_rank(saved) == saved["ranks"][0]

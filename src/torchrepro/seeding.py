@@ -190,6 +190,18 @@ def adopt_seed(seed: SeedLike) -> int:
     return root
 
 
+def seeded_root() -> int | None:
+    """The last ``seed_everything``'s (or ``adopt_seed``'s) root seed in this process, if any.
+
+    Example:
+        >>> seed_everything(11)
+        11
+        >>> seeded_root()
+        11
+    """
+    return _root
+
+
 def root_seed() -> int:
     """The root seed of this process: the last ``seed_everything``'s, else ``TORCHREPRO_SEED``.
 

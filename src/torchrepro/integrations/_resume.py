@@ -31,8 +31,8 @@ def follow(seed: SeedLike | None, framework_seed: int | None, how: str) -> int:
     """
     if seed is not None:
         root = normalize_seed(seed)
-    elif seeding._root is not None:
-        root = seeding._root
+    elif seeding.seeded_root() is not None:
+        root = seeding.root_seed()
     elif framework_seed is not None:
         root = framework_seed
     elif os.environ.get(_contract.SEED) is not None:
@@ -44,7 +44,7 @@ def follow(seed: SeedLike | None, framework_seed: int | None, how: str) -> int:
             "neither. Seed it, or pass the callback seed=<int>."
         )
     configured = data.loader_config()
-    if configured is None or configured.root != root or seeding._root != root:
+    if configured is None or configured.root != root or seeding.seeded_root() != root:
         seeding.adopt_seed(root)
     return root
 
