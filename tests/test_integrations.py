@@ -22,6 +22,7 @@ import torch
 
 import torchrepro
 from conftest import PYTHON, SCRIPTS, child_env
+from torchrepro.check import check_command
 from torchrepro.errors import SeedError, StateError
 from torchrepro.integrations import _resume
 
@@ -169,3 +170,39 @@ def test_a_checkpoint_entry_of_another_shape_or_rank_count_is_refused() -> None:
         _resume.own_rank({"ranks": [{}, {}]})
     saved = _resume.every_rank({})
     assert _resume.own_rank(saved) == saved["ranks"][0]
+
+
+RESUMED_BY_CHECK = [
+    pytest.param(LIGHTNING, 10, 28, id="lightning"),
+    pytest.param(HF_TRAINER, 5, 30, id="hf-trainer"),
+]
+
+
+def check_env(out: Path, **env: str) -> dict[str, str]:
+    return {"PYTHONPATH": child_env()["PYTHONPATH"], "OUT": str(out), **ENV, **env}
+
+
+@pytest.mark.parametrize("framework, resume_at, steps", RESUMED_BY_CHECK)
+def test_check_resume_at_stops_and_resumes_through_the_framework_with_the_callback(
+    tmp_path: Path, framework: Framework, resume_at: int, steps: int
+) -> None:
+    needs_framework(framework)
+    command = [PYTHON, str(FRAMEWORKS / framework.script)]
+    env = check_env(tmp_path, CALLBACK="1", WORKERS="2")
+    report = check_command(command, env=env, resume_at=resume_at, timeout=300)
+    assert report.verdict == "identical", report.render()
+    assert report.steps_compared == steps
+    assert f"stopped after step {resume_at} and resumed" in report.render()
+
+
+def test_check_resume_at_says_at_once_that_a_framework_script_without_the_callback_went_on(
+    tmp_path: Path,
+) -> None:
+    needs_framework(LIGHTNING)
+    command = [PYTHON, str(FRAMEWORKS / LIGHTNING.script)]
+    report = check_command(command, env=check_env(tmp_path, WORKERS="0"), resume_at=3, timeout=300)
+    assert report.verdict == "failed", report.render()
+    assert "asked to stop after step 3 but went on (check stopped it at step" in report.message
+    stopped_at = int(report.message.split("stopped it at step ")[1].split(")")[0])
+    assert stopped_at < 28  # not after the whole training
+    assert "add torchrepro's callback" in report.message

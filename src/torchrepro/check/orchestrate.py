@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -355,20 +355,21 @@ def _compare_resumed(
     first_leg = session.start(2, {**resumed_env, _contract.STOP_AT: str(resume_at)})
     compared, divergence, crashed = session.watch([full, first_leg], None, resume_at, stop_early)
     if crashed is None and divergence is None:
-        try:
-            code = first_leg.process.wait(session.timeout)
-        except subprocess.TimeoutExpired:
-            raise RunTimeout() from None
-        first_leg.tail.poll()
-        if code != 0:
+        code = _wait_for_stop(session, first_leg, resume_at)
+        if code is not None and code != 0:
             crashed = first_leg
         elif first_leg.tail.steps != resume_at:
             session.stop([full])
+            went_on = code is None
             report.verdict = FAILED
             report.message = (
-                f"run 2 was asked to stop after step {resume_at} but recorded "
-                f"{first_leg.tail.steps} steps: does the script honour {_contract.STOP_AT}, "
-                f"{_contract.RESUME} and {_contract.CHECKPOINT_DIR}? (examples/resume.py shows how)"
+                f"run 2 was asked to stop after step {resume_at} but "
+                + ("went on (check stopped it at step " if went_on else "stopped at step ")
+                + f"{first_leg.tail.steps}{')' if went_on else ''}: the script does not resume. "
+                "With Lightning, the HF Trainer or accelerate, add torchrepro's callback (README, "
+                "'Resume exactly in Lightning / HF / accelerate'); a loop of your own honours "
+                f"{_contract.STOP_AT}, {_contract.RESUME} and {_contract.CHECKPOINT_DIR} "
+                "(examples/resume.py shows how)."
             )
             return
     if crashed is None and divergence is None:
@@ -379,6 +380,22 @@ def _compare_resumed(
         compared += more
     session.stop(session.runs)
     _conclude(report, compared, divergence, crashed)
+
+
+def _wait_for_stop(session: Session, run: Run, resume_at: int) -> int | None:
+    """The exit code of a run asked to stop after ``resume_at`` steps; ``None`` if it went
+    on past them (it is stopped at once, not left to train to its end)."""
+    started = time.monotonic()
+    while (code := run.process.poll()) is None:
+        run.tail.poll()
+        if run.tail.steps > resume_at:
+            session.stop([run])
+            return None
+        if session.timeout is not None and time.monotonic() - started > session.timeout:
+            raise RunTimeout()
+        time.sleep(0.05)
+    run.tail.poll()
+    return code
 
 
 def _incomplete(session: Session, report: CheckReport) -> None:

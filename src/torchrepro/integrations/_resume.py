@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from torchrepro import _contract, data, distributed, seeding, state
 from torchrepro._derive import SeedLike, normalize_seed, parse_seed_text
-from torchrepro.errors import SeedError, StateError
+from torchrepro.errors import CheckError, SeedError, StateError
 
 log = logging.getLogger("torchrepro")
 
@@ -113,3 +117,61 @@ def say_untracked(loaders: list[DataLoader[Any]]) -> None:
                 "position: a resume inside an epoch restarts that epoch's data.",
                 type(loader.dataset).__name__,
             )
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What ``torchrepro check --resume-at K`` asks of this run (see :mod:`torchrepro.check`).
+
+    Attributes:
+        folder: The run's own checkpoint folder (``TORCHREPRO_CHECKPOINT_DIR``).
+        stop_at: Stop after this step, through the framework, with a checkpoint.
+        resume: Resume from the checkpoint the stopped run left in ``folder``.
+    """
+
+    folder: Path
+    stop_at: int | None
+    resume: bool
+
+
+def check_request() -> CheckRequest | None:
+    """The request of ``check --resume-at`` from the environment; ``None`` outside check.
+
+    Raises:
+        CheckError: ``TORCHREPRO_STOP_AT`` is not a positive int.
+    """
+    folder = os.environ.get(_contract.CHECKPOINT_DIR)
+    if not folder:
+        return None
+    text = os.environ.get(_contract.STOP_AT)
+    if text is not None and not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise CheckError(
+            f"{_contract.STOP_AT} must be a positive int (a step count); got {text!r}. It is "
+            "set by torchrepro check --resume-at K; unset it to train normally."
+        )
+    stop_at = None if text is None else int(text)
+    return CheckRequest(Path(folder), stop_at, os.environ.get(_contract.RESUME) == "1")
+
+
+def default_argument(
+    owner: type, method: str, name: str, value: object, applies: Callable[[Any], bool]
+) -> None:
+    """Makes ``owner.method`` take ``value`` for its argument ``name`` when it is left None.
+
+    How a callback supplies the framework's resume argument (``ckpt_path``,
+    ``resume_from_checkpoint``) for ``check --resume-at``; only on objects ``applies`` to.
+    """
+    original = getattr(owner, method)
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        if bound.arguments.get(name) is None and applies(self):
+            bound.arguments[name] = value
+            log.info(
+                "torchrepro: check --resume-at: %s.%s(%s=%r)", owner.__name__, method, name, value
+            )
+        return original(*bound.args, **bound.kwargs)
+
+    setattr(owner, method, wrapper)

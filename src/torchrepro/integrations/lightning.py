@@ -18,6 +18,11 @@ first batch. With the callback:
 Each batch is loaded under streams of its own (:mod:`torchrepro.data.batches`), so worker
 augmentation does not depend on where the epoch started.
 
+Under ``torchrepro check --resume-at K`` the callback stops the run after step K with
+``trainer.save_checkpoint`` (then ``trainer.should_stop``), and the resumed run's
+``trainer.fit`` gets that checkpoint as ``ckpt_path``: the check goes through Lightning's
+own save and resume.
+
 Example:
     >>> import pytorch_lightning as pl
     >>> from torchrepro.integrations.lightning import TorchRepro
@@ -31,12 +36,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader
 
 from torchrepro import data, state
 from torchrepro._derive import SeedLike, normalize_seed
 from torchrepro.integrations import _resume
 from torchrepro.state import RNGState
+
+CHECK_CHECKPOINT = "lightning.ckpt"
+"""The checkpoint a run stopped by ``check --resume-at`` leaves in its folder."""
 
 
 def _loaders(value: object) -> list[DataLoader[Any]]:
@@ -68,6 +77,12 @@ class TorchRepro(pl.Callback):
     def __init__(self, seed: SeedLike | None = None) -> None:
         self._seed = None if seed is None else normalize_seed(seed)
         self._rng: RNGState | None = None
+        self._check = _resume.check_request()
+        if self._check is not None and self._check.resume:
+            _resume.default_argument(
+                pl.Trainer, "fit", "ckpt_path", str(self._check.folder / CHECK_CHECKPOINT),
+                lambda trainer: any(isinstance(c, TorchRepro) for c in trainer.callbacks),
+            )  # fmt: skip
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -104,3 +119,15 @@ class TorchRepro(pl.Callback):
         if self._rng is not None:
             state.restore_rng(self._rng)
             self._rng = None
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._check is not None and self._check.stop_at == trainer.global_step:
+            trainer.save_checkpoint(self._check.folder / CHECK_CHECKPOINT)
+            trainer.should_stop = True

@@ -22,6 +22,12 @@ loading them for a map-style dataset. With ``ignore_data_skip=True`` it restarts
 interrupted epoch at its first batch and trains those batches again: a resume mid-epoch is
 then not the uninterrupted run, and the callback says so in a warning.
 
+Under ``torchrepro check --resume-at K`` each run writes its checkpoints to its own folder
+(``output_dir`` is set to it), the callback stops the run after step K with a checkpoint
+(``control.should_save``, ``should_training_stop``), and the resumed run's ``train()`` gets
+``resume_from_checkpoint=True`` (the latest checkpoint there): the check goes through
+Trainer's own save and resume.
+
 Example:
     >>> from transformers import TrainerCallback
     >>> from torchrepro.integrations.transformers import TorchReproCallback
@@ -35,7 +41,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from torchrepro import state as torchrepro_state
 from torchrepro._derive import SeedLike, normalize_seed
@@ -67,11 +79,28 @@ class TorchReproCallback(TrainerCallback):
     def __init__(self, seed: SeedLike | None = None) -> None:
         self._seed = None if seed is None else normalize_seed(seed)
         self._rng: RNGState | None = None
+        self._check = _resume.check_request()
+        if self._check is not None and self._check.resume:
+            _resume.default_argument(
+                Trainer, "train", "resume_from_checkpoint", True,
+                lambda trainer: any(
+                    isinstance(c, TorchReproCallback) for c in trainer.callback_handler.callbacks
+                ),
+            )  # fmt: skip
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         _resume.follow(self._seed, args.seed, "TrainingArguments(seed=...)")
+        if self._check is not None:  # each run of check saves in a folder of its own
+            args.output_dir = str(self._check.folder)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._check is not None and self._check.stop_at == state.global_step:
+            control.should_save = True
+            control.should_training_stop = True
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
