@@ -78,6 +78,7 @@ class _Track:
     generator: torch.Generator | None
     following: _Position = field(default_factory=lambda: _Position(0, 0))
     current: _Position | None = None
+    restored: bool = False  # moved to a saved position, not iterated since
 
     def position(self) -> tuple[int, int]:
         # An iteration that yielded its last batch but has not raised StopIteration is
@@ -89,15 +90,14 @@ class _Track:
     def begin(self) -> _Position:
         position = _Position(self.following.epoch, self.following.batch)
         if isinstance(self.sampler, ResumableDistributedSampler):
-            # The epoch is the user's (set_epoch); a saved position applies to that epoch only.
+            # The epoch is the user's (set_epoch), except on the first iteration after a
+            # restore: the saved run was in the saved epoch, and a framework may set it only
+            # after iter() (Lightning restarts its loader before calling set_epoch).
+            if self.restored and self.sampler.epoch != position.epoch:
+                self.sampler.set_epoch(position.epoch)
             epoch = self.sampler.epoch
-            if position.batch and position.epoch != epoch:
-                raise StateError(
-                    f"DataLoader #{self.index} was restored to epoch {position.epoch}, batch "
-                    f"{position.batch}, but its DistributedSampler is at epoch {epoch}. Call "
-                    f"sampler.set_epoch({position.epoch}) before iterating, as the saved run did."
-                )
             position = _Position(epoch, position.batch if position.epoch == epoch else 0)
+        self.restored = False
         self.following = _Position(position.epoch + 1, 0)
         self.current = position
         self.sampler.set_position(position.epoch, position.batch)
@@ -110,6 +110,7 @@ class _Track:
     def move_to(self, epoch: int, batch: int) -> None:
         self.following = _Position(epoch, batch)
         self.current = None
+        self.restored = True
 
 
 class _TrackedIterator:
