@@ -36,6 +36,8 @@ class Framework:
     package: str
     script: str
     checkpoints: dict[str, str]  # resume point -> checkpoint path under OUT
+    env: tuple[tuple[str, str], ...] = ()
+    at_once: bool = True  # run both resumes at once (not with ranks: each would pick a port)
 
 
 LIGHTNING = Framework(
@@ -45,6 +47,14 @@ LIGHTNING = Framework(
     {"mid-epoch": "step10/step=10.ckpt", "epoch-boundary": "step14/step=14.ckpt"},
 )
 
+LIGHTNING_DDP = Framework(
+    "Lightning DDP",
+    "pytorch_lightning",
+    "lightning_resume.py",
+    {"mid-epoch": "step5/step=5.ckpt", "epoch-boundary": "step7/step=7.ckpt"},
+    env=(("DEVICES", "2"),),  # strategy="ddp" on 2 CPU processes; Lightning starts rank 1
+    at_once=False,
+)
 HF_TRAINER = Framework(
     "HF Trainer",
     "transformers",
@@ -92,16 +102,23 @@ def resumed_runs(
     """Per resume point: whether the resumed run ends with the uninterrupted run's
     parameters, and what it printed."""
     needs_framework(framework)
-    env = {"CALLBACK": "1" if callback else "0", "WORKERS": str(workers), **env}
+    env = {
+        "CALLBACK": "1" if callback else "0",
+        "WORKERS": str(workers),
+        **dict(framework.env),
+        **env,
+    }
     finish(start(framework, out, **env))
-    resumes = {
-        point: start(framework, out, RESUME=str(out / path), FINAL=f"{point}.pt", **env)
-        for point, path in framework.checkpoints.items()
-    }  # both resumes at once
-    printed = {point: finish(process) for point, process in resumes.items()}
+    printed = {}
+    running = {}
+    for point, path in framework.checkpoints.items():
+        running[point] = start(framework, out, RESUME=str(out / path), FINAL=f"{point}.pt", **env)
+        if not framework.at_once:
+            printed[point] = finish(running.pop(point))
+    printed.update({point: finish(process) for point, process in running.items()})
     whole = torch.load(out / "final.pt", weights_only=True)
     equal = {}
-    for point in resumes:
+    for point in framework.checkpoints:
         resumed = torch.load(out / f"{point}.pt", weights_only=True)
         equal[point] = all(torch.equal(whole[key], resumed[key]) for key in whole)
     return equal, printed
@@ -114,6 +131,11 @@ def test_the_callback_resumes_the_framework_exactly_mid_epoch_and_at_an_epoch_bo
 ) -> None:
     equal, _ = resumed_runs(framework, tmp_path, callback=True, workers=workers)
     assert equal == dict.fromkeys(framework.checkpoints, True)
+
+
+def test_the_lightning_callback_resumes_ddp_exactly_rank_by_rank(tmp_path: Path) -> None:
+    equal, _ = resumed_runs(LIGHTNING_DDP, tmp_path, callback=True, workers=2)
+    assert equal == dict.fromkeys(LIGHTNING_DDP.checkpoints, True)
 
 
 @pytest.mark.parametrize("framework", ALL)

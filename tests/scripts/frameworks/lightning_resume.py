@@ -6,7 +6,9 @@ The uninterrupted run saves checkpoints after step 10 (mid-epoch) and step 14 (t
 boundary) under ``OUT/step10``, ``OUT/step14``. ``RESUME=path`` resumes from one with
 ``trainer.fit(..., ckpt_path=path)``. Either way the final parameters go to
 ``OUT/final.pt`` (``FINAL`` names another file). ``WORKERS``: loader workers (2).
-``CALLBACK=1`` adds torchrepro's callback: the only torchrepro line.
+``CALLBACK=1`` adds torchrepro's callback: the only torchrepro line. ``DEVICES=2``:
+``strategy="ddp"`` on 2 CPU processes (7 steps an epoch per rank; checkpoints after steps 5
+and 7 instead).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ OUT = Path(os.environ["OUT"])
 RESUME = os.environ.get("RESUME")
 WORKERS = int(os.environ.get("WORKERS", "2"))
 CALLBACK = os.environ.get("CALLBACK") == "1"
+DEVICES = int(os.environ.get("DEVICES", "1"))
+SAVE_AFTER = (10, 14) if DEVICES == 1 else (5, 7)
 
 
 class Model(pl.LightningModule):
@@ -50,7 +54,7 @@ def main() -> None:
         pl.callbacks.ModelCheckpoint(
             dirpath=OUT / f"step{n}", every_n_train_steps=n, save_top_k=-1, filename="{step}"
         )
-        for n in (10, 14)
+        for n in SAVE_AFTER
     ]
     if CALLBACK:
         from torchrepro.integrations.lightning import TorchRepro
@@ -58,6 +62,8 @@ def main() -> None:
         callbacks.append(TorchRepro())
     trainer = pl.Trainer(
         accelerator="cpu",
+        devices=DEVICES,
+        strategy="ddp" if DEVICES > 1 else "auto",
         max_epochs=2,
         callbacks=callbacks,
         logger=False,
@@ -66,7 +72,8 @@ def main() -> None:
         num_sanity_val_steps=0,
     )
     trainer.fit(model, loader, ckpt_path=RESUME)
-    torch.save(model.state_dict(), OUT / os.environ.get("FINAL", "final.pt"))
+    if trainer.global_rank == 0:
+        torch.save(model.state_dict(), OUT / os.environ.get("FINAL", "final.pt"))
 
 
 if __name__ == "__main__":
