@@ -153,25 +153,31 @@ def check_request() -> CheckRequest | None:
     return CheckRequest(Path(folder), stop_at, os.environ.get(_contract.RESUME) == "1")
 
 
-def default_argument(
-    owner: type, method: str, name: str, value: object, applies: Callable[[Any], bool]
-) -> None:
-    """Makes ``owner.method`` take ``value`` for its argument ``name`` when it is left None.
+_intercepted: set[tuple[type, str]] = set()
 
-    How a callback supplies the framework's resume argument (``ckpt_path``,
-    ``resume_from_checkpoint``) for ``check --resume-at``; only on objects ``applies`` to.
+
+def intercept(owner: type, method: str, name: str, change: Callable[[Any, Any], Any]) -> None:
+    """Passes argument ``name`` of every ``owner.method`` call through ``change(self, value)``.
+
+    How a callback learns (and, for ``check --resume-at``, supplies) the framework's resume
+    argument: ``Trainer.train(resume_from_checkpoint=...)``, ``Trainer.fit(ckpt_path=...)``.
+    Installed once per method; ``change`` returns ``value`` unchanged for an object with
+    no torchrepro callback.
     """
+    if (owner, method) in _intercepted:
+        return
+    _intercepted.add((owner, method))
     original = getattr(owner, method)
     signature = inspect.signature(original)
 
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)
-        if bound.arguments.get(name) is None and applies(self):
-            bound.arguments[name] = value
-            log.info(
-                "torchrepro: check --resume-at: %s.%s(%s=%r)", owner.__name__, method, name, value
-            )
+        before = bound.arguments.get(name)
+        after = change(self, before)
+        if after is not before:
+            bound.arguments[name] = after
+            log.info("torchrepro: check --resume-at: %s(%s=%r)", method, name, after)
         return original(*bound.args, **bound.kwargs)
 
     setattr(owner, method, wrapper)

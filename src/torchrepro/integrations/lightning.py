@@ -62,6 +62,15 @@ def _loaders(value: object) -> list[DataLoader[Any]]:
     return []
 
 
+def _checkpoint_of_check(trainer: pl.Trainer, ckpt_path: object) -> object:
+    """``fit``'s ``ckpt_path``: the stopped run's checkpoint when check resumes this run."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        check = getattr(callback, "_check", None) if isinstance(callback, TorchRepro) else None
+        if ckpt_path is None and check is not None and check.resume:
+            return str(check.folder / CHECK_CHECKPOINT)
+    return ckpt_path
+
+
 class TorchRepro(pl.Callback):
     """Makes Lightning's own checkpoint and resume exact, mid-epoch and with workers.
 
@@ -79,10 +88,7 @@ class TorchRepro(pl.Callback):
         self._rng: RNGState | None = None
         self._check = _resume.check_request()
         if self._check is not None and self._check.resume:
-            _resume.default_argument(
-                pl.Trainer, "fit", "ckpt_path", str(self._check.folder / CHECK_CHECKPOINT),
-                lambda trainer: any(isinstance(c, TorchRepro) for c in trainer.callbacks),
-            )  # fmt: skip
+            _resume.intercept(pl.Trainer, "fit", "ckpt_path", _checkpoint_of_check)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":

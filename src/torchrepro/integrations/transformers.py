@@ -13,8 +13,9 @@ batch accelerate fetched ahead). With the callback:
 - ``on_save`` writes every rank's :func:`torchrepro.state_dict` to ``torchrepro.pt`` in the
   checkpoint folder, beside Trainer's files (plain data: ``torch.load(weights_only=True)``
   reads it), from the main process;
-- on resume, ``on_train_begin`` reads it from ``output_dir/checkpoint-<global step>`` and
-  checks it (the seed, the number of ranks), and the first ``on_step_begin`` puts the
+- on resume, ``on_train_begin`` reads it from the folder given to
+  ``train(resume_from_checkpoint=...)`` (the latest checkpoint in ``output_dir`` for
+  ``True``) and checks it (the seed, the number of ranks), and the first ``on_step_begin`` puts the
   random streams back, registered generators included, after Trainer's own restore.
 
 Trainer skips the trained batches itself (``ignore_data_skip=False``, its default), without
@@ -48,6 +49,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from torchrepro import state as torchrepro_state
 from torchrepro._derive import SeedLike, normalize_seed
@@ -65,6 +67,21 @@ def _checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
     return Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
 
 
+def _resume_argument(trainer: Trainer, value: object) -> object:
+    """``train``'s ``resume_from_checkpoint``, noted by the callback (which folder to read
+    torchrepro.pt from); ``True`` (the latest checkpoint) when check resumes this run."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TorchReproCallback):
+            check = callback._check
+            if value is None and check is not None and check.resume:
+                value = True
+            folder = value
+            if value is True:
+                folder = get_last_checkpoint(trainer.args.output_dir or ".")  # type: ignore[no-untyped-call]
+            callback._resuming_from = Path(folder) if isinstance(folder, (str, Path)) else None
+    return value
+
+
 class TorchReproCallback(TrainerCallback):
     """Makes the HF Trainer's own checkpoint and resume exact, mid-epoch and with workers.
 
@@ -80,13 +97,8 @@ class TorchReproCallback(TrainerCallback):
         self._seed = None if seed is None else normalize_seed(seed)
         self._rng: RNGState | None = None
         self._check = _resume.check_request()
-        if self._check is not None and self._check.resume:
-            _resume.default_argument(
-                Trainer, "train", "resume_from_checkpoint", True,
-                lambda trainer: any(
-                    isinstance(c, TorchReproCallback) for c in trainer.callback_handler.callbacks
-                ),
-            )  # fmt: skip
+        self._resuming_from: Path | None = None  # the folder train() resumes from
+        _resume.intercept(Trainer, "train", "resume_from_checkpoint", _resume_argument)
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -115,7 +127,7 @@ class TorchReproCallback(TrainerCallback):
     ) -> None:
         if state.global_step == 0:
             return
-        folder = _checkpoint_folder(args, state)
+        folder = self._resuming_from or _checkpoint_folder(args, state)
         path = folder / STATE_FILE
         if args.ignore_data_skip and float(state.epoch or 0) % 1:
             log.warning(

@@ -4,8 +4,8 @@ The dataset and model of lightning_resume.py (224 augmented samples, batches of 
 steps an epoch, 2 epochs, dropout), a seedable sampler, ``set_epoch`` every epoch. ``OUT``:
 a folder; the uninterrupted run saves ``OUT/step10`` (mid-epoch) and ``OUT/step14`` (the
 epoch boundary). ``RESUME=path``: ``load_state(path)``, then ``skip_first_batches`` for the
-trained batches of the epoch. The final parameters go to ``OUT/final.pt`` (``FINAL`` names
-another file). ``WORKERS``: loader workers (2). ``CALLBACK=1`` adds torchrepro's
+trained batches of the epoch. The final parameters go to ``OUT/final.pt``. ``WORKERS``:
+loader workers (2). ``CALLBACK=1`` adds torchrepro's
 ``register(accelerator)``: the only torchrepro line.
 """
 
@@ -58,9 +58,7 @@ def main() -> None:
             step += 1
             if step in (10, 14):
                 accelerator.save_state(OUT / f"step{step}")
-    torch.save(
-        accelerator.unwrap_model(model).state_dict(), OUT / os.environ.get("FINAL", "final.pt")
-    )
+    torch.save(accelerator.unwrap_model(model).state_dict(), OUT / "final.pt")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ A tiny BERT from a config (dropout 0.1), built after ``set_seed(42)``; 40 sample
 tokens are replaced at random (Python, numpy and torch draws in ``__getitem__``), batches
 of 4: 10 steps an epoch, 30 steps. ``OUT``: the output_dir; the uninterrupted run saves
 ``checkpoint-5`` (mid-epoch), ``checkpoint-10`` (the epoch boundary) and on.
-``RESUME=checkpoint-5`` resumes with ``trainer.train(resume_from_checkpoint=OUT/...)``.
-Either way the final parameters go to ``OUT/final.pt`` (``FINAL`` names another file).
+``RESUME=path`` resumes from one with ``trainer.train(resume_from_checkpoint=path)``.
+Either way the final parameters go to ``OUT/final.pt``.
 ``WORKERS``: loader workers (2). ``IGNORE_DATA_SKIP=1``: Trainer's option of that name.
 ``CALLBACK=1`` adds torchrepro's callback: the only torchrepro line.
 """
@@ -81,8 +81,8 @@ def main() -> None:
 
         callbacks.append(TorchReproCallback())
     trainer = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=str(OUT / RESUME) if RESUME else None)
-    torch.save(model.state_dict(), OUT / os.environ.get("FINAL", "final.pt"))
+    trainer.train(resume_from_checkpoint=RESUME)
+    torch.save(model.state_dict(), OUT / "final.pt")
 
 
 if __name__ == "__main__":

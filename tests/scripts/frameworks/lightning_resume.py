@@ -5,7 +5,7 @@ batches of 16: 14 steps an epoch, 2 epochs, a model with dropout. ``OUT``: a fol
 The uninterrupted run saves checkpoints after step 10 (mid-epoch) and step 14 (the epoch
 boundary) under ``OUT/step10``, ``OUT/step14``. ``RESUME=path`` resumes from one with
 ``trainer.fit(..., ckpt_path=path)``. Either way the final parameters go to
-``OUT/final.pt`` (``FINAL`` names another file). ``WORKERS``: loader workers (2).
+``OUT/final.pt``. ``WORKERS``: loader workers (2).
 ``CALLBACK=1`` adds torchrepro's callback: the only torchrepro line. ``DEVICES=2``:
 ``strategy="ddp"`` on 2 CPU processes (7 steps an epoch per rank; checkpoints after steps 5
 and 7 instead).
@@ -73,7 +73,7 @@ def main() -> None:
     )
     trainer.fit(model, loader, ckpt_path=RESUME)
     if trainer.global_rank == 0:
-        torch.save(model.state_dict(), OUT / os.environ.get("FINAL", "final.pt"))
+        torch.save(model.state_dict(), OUT / "final.pt")
 
 
 if __name__ == "__main__":
