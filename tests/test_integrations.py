@@ -152,8 +152,7 @@ def test_the_lightning_callback_resumes_ddp_exactly_rank_by_rank(tmp_path: Path)
 def test_without_the_callback_the_framework_alone_does_not_resume_exactly(
     tmp_path: Path, framework: Framework, workers: int
 ) -> None:
-    equal, printed = resumed_runs(framework, tmp_path, callback=False, workers=workers)
-    assert all("holds no torchrepro state" not in output for output in printed.values())
+    equal, _ = resumed_runs(framework, tmp_path, callback=False, workers=workers)
     version = importlib.metadata.version(framework.package)
     if all(equal.values()):  # a release fixed it: say so rather than fail
         pytest.skip(
