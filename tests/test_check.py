@@ -150,7 +150,12 @@ def test_interrupting_check_leaves_no_run_behind(tmp_path: Path, sig: signal.Sig
         time.sleep(0.1)
     time.sleep(1)
     process.send_signal(sig)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:  # a check that does not end is killed, and its pipes closed, whatever failed
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, err
     assert "every run was stopped" in err
     pids = [int(path.name) for path in piddir.iterdir()]

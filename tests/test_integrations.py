@@ -102,57 +102,82 @@ def finish(process: subprocess.Popen[str]) -> str:
     return output
 
 
+Outcome = tuple[dict[str, bool], dict[str, str]]
+
+
 def resumed_runs(
-    framework: Framework, out: Path, *, callback: bool, workers: int, **env: str
-) -> tuple[dict[str, bool], dict[str, str]]:
-    """Per resume point: whether the resumed run ends with the uninterrupted run's
-    parameters, and what it printed. Each run has a folder of its own (a resumed run goes on
-    saving checkpoints, which must not replace the ones another resume reads)."""
+    framework: Framework, out: Path, *, callbacks: tuple[bool, ...], workers: int, **env: str
+) -> dict[bool, Outcome]:
+    """With and/or without the callback: per resume point, whether the resumed run ends with
+    the uninterrupted run's parameters, and what it printed.
+
+    The uninterrupted runs go two at a time, then each setting's two resumes. Each run has
+    a folder of its own (a resumed run goes on saving checkpoints, which must not replace
+    the ones another resume reads).
+    """
     needs_framework(framework)
-    env = {
-        **dict(framework.env),
-        "CALLBACK": "1" if callback else "0",
-        "WORKERS": str(workers),
-        **env,
-    }
-    finish(start(framework, out / "whole", **env))
-    printed = {}
-    running = {}
-    for point, path in framework.checkpoints.items():
-        resume = str(out / "whole" / path)
-        running[point] = start(framework, out / point, RESUME=resume, **env)
-        if not framework.at_once:
-            printed[point] = finish(running.pop(point))
-    printed.update({point: finish(process) for point, process in running.items()})
-    whole = torch.load(out / "whole" / "final.pt", weights_only=True)
-    equal = {}
-    for point in framework.checkpoints:
-        resumed = torch.load(out / point / "final.pt", weights_only=True)
-        equal[point] = all(torch.equal(whole[key], resumed[key]) for key in whole)
-    return equal, printed
+
+    def env_of(callback: bool) -> dict[str, str]:
+        base = {**dict(framework.env), "CALLBACK": str(int(callback)), "WORKERS": str(workers)}
+        return {**base, **env}
+
+    folders = {callback: out / ("with" if callback else "without") for callback in callbacks}
+    wholes = [start(framework, folders[c] / "whole", **env_of(c)) for c in callbacks]
+    for process in wholes:
+        finish(process)
+    outcomes = {}
+    for callback, folder in folders.items():
+        printed, running = {}, {}
+        for point, path in framework.checkpoints.items():
+            resume = str(folder / "whole" / path)
+            running[point] = start(framework, folder / point, RESUME=resume, **env_of(callback))
+            if not framework.at_once:
+                printed[point] = finish(running.pop(point))
+        printed.update({point: finish(process) for point, process in running.items()})
+        whole = torch.load(folder / "whole" / "final.pt", weights_only=True)
+        equal = {}
+        for point in framework.checkpoints:
+            resumed = torch.load(folder / point / "final.pt", weights_only=True)
+            equal[point] = all(torch.equal(whole[key], resumed[key]) for key in whole)
+        outcomes[callback] = (equal, printed)
+    return outcomes
+
+
+_both: dict[tuple[str, int], dict[bool, Outcome]] = {}
+
+
+def with_and_without(
+    framework: Framework, workers: int, tmp_path_factory: pytest.TempPathFactory
+) -> dict[bool, Outcome]:
+    """:func:`resumed_runs` with and without the callback, run once for both tests."""
+    key = (framework.name, workers)
+    if key not in _both:
+        out = tmp_path_factory.mktemp("resume")
+        _both[key] = resumed_runs(framework, out, callbacks=(True, False), workers=workers)
+    return _both[key]
 
 
 @pytest.mark.parametrize("framework", ALL)
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_callback_resumes_the_framework_exactly_mid_epoch_and_at_an_epoch_boundary(
-    tmp_path: Path, framework: Framework, workers: int
+    tmp_path_factory: pytest.TempPathFactory, framework: Framework, workers: int
 ) -> None:
-    equal, printed = resumed_runs(framework, tmp_path, callback=True, workers=workers)
+    equal, printed = with_and_without(framework, workers, tmp_path_factory)[True]
     assert equal == dict.fromkeys(framework.checkpoints, True)
     assert not any("holds no torchrepro state" in output for output in printed.values())
 
 
 def test_the_lightning_callback_resumes_ddp_exactly_rank_by_rank(tmp_path: Path) -> None:
-    equal, _ = resumed_runs(LIGHTNING_DDP, tmp_path, callback=True, workers=2)
-    assert equal == dict.fromkeys(LIGHTNING_DDP.checkpoints, True)
+    outcome = resumed_runs(LIGHTNING_DDP, tmp_path, callbacks=(True,), workers=2)
+    assert outcome[True][0] == dict.fromkeys(LIGHTNING_DDP.checkpoints, True)
 
 
 @pytest.mark.parametrize("framework", ALL)
 @pytest.mark.parametrize("workers", [0, 2])
 def test_without_the_callback_the_framework_alone_does_not_resume_exactly(
-    tmp_path: Path, framework: Framework, workers: int
+    tmp_path_factory: pytest.TempPathFactory, framework: Framework, workers: int
 ) -> None:
-    equal, _ = resumed_runs(framework, tmp_path, callback=False, workers=workers)
+    equal, _ = with_and_without(framework, workers, tmp_path_factory)[False]
     version = importlib.metadata.version(framework.package)
     if all(equal.values()):  # a release fixed it: say so rather than fail
         pytest.skip(
@@ -164,9 +189,8 @@ def test_without_the_callback_the_framework_alone_does_not_resume_exactly(
 def test_with_ignore_data_skip_trainer_resumes_exactly_at_an_epoch_boundary_and_warns_inside_one(
     tmp_path: Path,
 ) -> None:
-    equal, printed = resumed_runs(
-        HF_TRAINER, tmp_path, callback=True, workers=2, IGNORE_DATA_SKIP="1"
-    )
+    outcome = resumed_runs(HF_TRAINER, tmp_path, callbacks=(True,), workers=2, IGNORE_DATA_SKIP="1")
+    equal, printed = outcome[True]
     assert equal == {"mid-epoch": False, "epoch-boundary": True}
     assert "ignore_data_skip=True: Trainer restarts the epoch" in printed["mid-epoch"]
     assert "ignore_data_skip" not in printed["epoch-boundary"]
