@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 
 from torchrepro import _contract
 from torchrepro.errors import SeedError
@@ -206,6 +207,14 @@ def _mix(x: int, y: int) -> int:
 
 
 def _seed_sequence_uint64(entropy: list[int]) -> int:
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # the same function in C, twice as fast, once numpy is loaded
+        low, high = numpy.random.SeedSequence(entropy).generate_state(2, numpy.uint32)
+        return int(low) | int(high) << 32
+    return _seed_sequence_uint64_python(entropy)
+
+
+def _seed_sequence_uint64_python(entropy: list[int]) -> int:
     hashmix = _HashMix()
     pool = [hashmix(entropy[i] if i < len(entropy) else 0) for i in range(_POOL_SIZE)]
     for src in range(_POOL_SIZE):

@@ -4,7 +4,8 @@ A loader created after ``seed_everything`` (``workers=True``) loads each batch o
 map-style dataset (its samples' ``__getitem__`` and the ``collate_fn``) with Python,
 numpy, torch's CPU generator and registered host generators seeded from
 ``derive_seed(stream, crc, n)``: ``stream`` names the loader's epoch, ``crc`` and ``n`` the
-batch's sample indices. The generators' previous states are put back afterwards.
+batch's sample indices. In the training process (``num_workers=0``) the generators'
+previous states are put back afterwards.
 
 Augmentation and random collation (masking, cropping) then depend on the batch alone:
 not on ``num_workers``, not on which worker loads it or what it loaded before, not on a
@@ -93,6 +94,9 @@ def _fetch_seeded(original: Callable[[Any, Any], Any], fetcher: Any, indices: An
     if seed is None:
         return original(fetcher, indices)
     sources = available_sources(host_only=True)
+    if _worker_stream is not None:  # a worker's own streams serve nothing but loading
+        seed_all(seed, sources)
+        return original(fetcher, indices)
     saved = capture_all(sources)
     seed_all(seed, sources)
     try:
