@@ -8,6 +8,7 @@ A plugin rather than ``src/conftest.py``: two conftest modules would both be imp
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -21,10 +22,22 @@ from _pytest.doctest import DoctestItem
 import torchrepro
 from torchrepro import _sources
 
+# The framework each integration module imports (the frameworks extra may be missing).
+_NEEDS = {
+    "lightning.py": "pytorch_lightning",
+    "transformers.py": "transformers",
+    "accelerate.py": "accelerate",
+}
+
 
 def pytest_ignore_collect(collection_path: Path) -> bool | None:
     # Run by Python at interpreter start-up; importing it would run the bootstrap.
-    return True if collection_path.name == "_bootstrap" else None
+    if collection_path.name == "_bootstrap":
+        return True
+    framework = _NEEDS.get(collection_path.name)
+    if collection_path.parent.name == "integrations" and framework is not None:
+        return True if importlib.util.find_spec(framework) is None else None
+    return None
 
 
 @pytest.fixture(autouse=True)
