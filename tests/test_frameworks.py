@@ -61,6 +61,12 @@ def seen(folder: Path, command: list[str], *, run: bool, **env: str) -> list[Rec
     return [json.loads(path.read_text()) for path in sorted(folder.glob(f"{prefix.name}.rank*"))]
 
 
+def with_callback(folder: Path, command: list[str], **env: str) -> list[Record]:
+    """What each rank saw with torchrepro's framework callback in the script (CALLBACK=1)."""
+    (folder / "callback").mkdir()
+    return seen(folder / "callback", command, run=False, CALLBACK="1", TORCHREPRO_SEED="3", **env)
+
+
 def by_epoch(record: Record) -> dict[int, list[Record]]:
     epochs: dict[int, list[Record]] = {}
     for step in record["steps"]:
@@ -106,6 +112,9 @@ def test_lightning_on_one_device_trains_the_plain_runs_steps_batches_and_samples
     assert shape_of(run) == shape_of(plain)
     assert shape_of(plain) == [(0, 1, "RandomSampler", {0: [[64, 32]] * 14, 1: [[64, 32]] * 14})]
     assert_each_sample_once_per_epoch(run, 896)
+    callback = with_callback(tmp_path, LIGHTNING)
+    assert shape_of(callback) == shape_of(plain)
+    assert_each_sample_once_per_epoch(callback, 896)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +136,9 @@ def test_lightning_ddp_on_two_cpu_ranks_gives_each_rank_the_plain_runs_very_batc
     ]
     assert run == lightning_ddp_plain
     assert_each_sample_once_per_epoch(run, 896)
+    # The same with torchrepro's callback in the script.
+    callback = with_callback(tmp_path, LIGHTNING, DEVICES="2", LOADER_IN_HOOK=in_hook)
+    assert callback == lightning_ddp_plain
 
 
 @needs("transformers")
@@ -136,6 +148,9 @@ def test_hf_trainer_trains_the_plain_runs_steps_batches_and_samples(tmp_path: Pa
     assert shape_of(run) == shape_of(plain)
     assert shape_of(plain) == [(0, 1, "RandomSampler", {0: [[4, 8]] * 6, 1: [[4, 8]] * 6})]
     assert_each_sample_once_per_epoch(run, 24)
+    callback = with_callback(tmp_path, HF)
+    assert shape_of(callback) == shape_of(plain)
+    assert_each_sample_once_per_epoch(callback, 24)
 
 
 @needs("accelerate")
@@ -155,6 +170,9 @@ def test_accelerate_gives_each_rank_its_own_share_of_every_epoch_as_the_plain_ru
     assert shape_of(run) == shape_of(plain)
     assert_each_sample_once_per_epoch(plain, 96)
     assert_each_sample_once_per_epoch(run, 96)
+    callback = with_callback(tmp_path, command)
+    assert shape_of(callback) == shape_of(plain)
+    assert_each_sample_once_per_epoch(callback, 96)
 
 
 # ---------------------------------------------------------------- torchrepro check

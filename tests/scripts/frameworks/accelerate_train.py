@@ -4,10 +4,12 @@ One process, or one per rank under torchrun (accelerate's multi-CPU mode, gloo).
 PLANT_NOISE_STEP: see seen.py. No loader workers: with 2 workers per rank, one worker of
 rank 1 hung once in about ten launches, in CPython's after-fork clean-up of thread states,
 right after accelerate's gloo broadcast of the generator state (Lightning's scripts use
-workers).
+workers). CALLBACK=1: ``torchrepro.integrations.accelerate.register`` (TORCHREPRO_SEED).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from accelerate import Accelerator
@@ -17,6 +19,10 @@ from torch.utils.data import DataLoader
 
 def main() -> None:
     accelerator = Accelerator(cpu=True)
+    if os.environ.get("CALLBACK") == "1":
+        from torchrepro.integrations.accelerate import register
+
+        register(accelerator)
     model = torch.nn.Linear(32, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(Indexed(96), batch_size=8, shuffle=True)

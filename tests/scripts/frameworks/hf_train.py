@@ -3,6 +3,7 @@
 The model is built by ``model_init``, after the Trainer's own ``set_seed``, so the plain
 script repeats. 24 samples in batches of 4, 12 steps: 2 epochs. SEEN and
 PLANT_NOISE_STEP: see seen.py. OUTDIR: the Trainer's output_dir (nothing is saved).
+CALLBACK=1: torchrepro's Trainer callback is added.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class Watching(Trainer):
         return super().training_step(model, inputs, *args)
 
 
+def torchrepro_callback() -> list[TrainerCallback]:
+    if os.environ.get("CALLBACK") != "1":
+        return []
+    from torchrepro.integrations.transformers import TorchReproCallback
+
+    return [TorchReproCallback()]
+
+
 def main() -> None:
     args = TrainingArguments(
         output_dir=os.environ.get("OUTDIR") or tempfile.mkdtemp(),
@@ -82,7 +91,7 @@ def main() -> None:
         args=args,
         train_dataset=Tokens(),
         data_collator=default_data_collator,
-        callbacks=[Epochs()],
+        callbacks=[Epochs(), *torchrepro_callback()],
     )
     trainer.train()
     trainer.seen.write(

@@ -2,7 +2,8 @@
 
 DEVICES=1 (default): one CPU device. DEVICES=2: strategy="ddp" on the CPU (gloo); Lightning
 starts the second rank itself, by running this script again. LOADER_IN_HOOK=1: the loader
-is made in the module's ``train_dataloader`` hook instead of passed to ``fit``. SEEN and
+is made in the module's ``train_dataloader`` hook instead of passed to ``fit``. CALLBACK=1:
+torchrepro's Lightning callback is added (it follows TORCHREPRO_SEED). SEEN and
 PLANT_NOISE_STEP: see seen.py.
 """
 
@@ -51,7 +52,13 @@ class HookModel(Model):
 
 def main() -> None:
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging
+    callbacks = []
+    if os.environ.get("CALLBACK") == "1":
+        from torchrepro.integrations.lightning import TorchRepro
+
+        callbacks.append(TorchRepro())
     trainer = pl.Trainer(
+        callbacks=callbacks,
         accelerator="cpu",
         devices=DEVICES,
         strategy="ddp" if DEVICES > 1 else "auto",
