@@ -165,6 +165,18 @@ def test_interrupting_check_leaves_no_run_behind(tmp_path: Path, sig: signal.Sig
             os.kill(pid, 0)
 
 
+def test_resume_at_stops_a_run_that_goes_on_past_its_step_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 100000 steps of 10 ms: only a check that stops the run at once ends within the timeout.
+    monkeypatch.setenv("STEPS", "100000")
+    monkeypatch.setenv("STEP_SLEEP", "0.01")
+    report = check_command(SCRIPT, seed=1, resume_at=3, timeout=120)
+    assert report.verdict == "failed", report.render()
+    assert "asked to stop after step 3 but went on to step" in report.message
+    assert "(check stopped it there)" in report.message
+
+
 def test_usage_errors_exit_2() -> None:
     assert main(["check", "--runs", "1", "--", PYTHON, "-c", "pass"]) == 2
     assert main(["check"]) == 2

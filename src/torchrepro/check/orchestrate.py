@@ -360,16 +360,19 @@ def _compare_resumed(
             crashed = first_leg
         elif first_leg.tail.steps != resume_at:
             session.stop([full])
-            went_on = code is None
+            steps = first_leg.tail.steps
+            went = (
+                f"went on to step {steps}" + (" (check stopped it there)" if code is None else "")
+                if steps > resume_at
+                else f"ended after step {steps}"
+            )
             report.verdict = FAILED
             report.message = (
-                f"run 2 was asked to stop after step {resume_at} but "
-                + ("went on (check stopped it at step " if went_on else "stopped at step ")
-                + f"{first_leg.tail.steps}{')' if went_on else ''}: the script does not resume. "
-                "With Lightning, the HF Trainer or accelerate, add torchrepro's callback (README, "
-                "'Resume exactly in Lightning / HF / accelerate'); a loop of your own honours "
-                f"{_contract.STOP_AT}, {_contract.RESUME} and {_contract.CHECKPOINT_DIR} "
-                "(examples/resume.py shows how)."
+                f"run 2 was asked to stop after step {resume_at} but {went}: the script does "
+                "not resume. With Lightning, the HF Trainer or accelerate, add torchrepro's "
+                "callback (README, 'Resume exactly in Lightning / HF / accelerate'); a loop of "
+                f"your own honours {_contract.STOP_AT}, {_contract.RESUME} and "
+                f"{_contract.CHECKPOINT_DIR} (examples/resume.py shows how)."
             )
             return
     if crashed is None and divergence is None:
