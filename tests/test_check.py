@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -144,6 +145,9 @@ def test_interrupting_check_leaves_no_run_behind(tmp_path: Path, sig: signal.Sig
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal's foreground. A suite started in the background of a shell
+        # script inherits SIGINT ignored, and Python then leaves it ignored in the child.
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while len(list(piddir.iterdir())) < 2 and time.monotonic() < deadline:
