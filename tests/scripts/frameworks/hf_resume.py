@@ -1,6 +1,6 @@
 """An HF Trainer training resumed with Trainer's own checkpoints, as its users write it.
 
-A tiny BERT from a config (dropout 0.1), built after ``set_seed(42)``; 40 samples whose
+hf_train.py's tiny BERT from a config (dropout 0.1), built after ``set_seed(42)``; 40 samples whose
 tokens are replaced at random (Python, numpy and torch draws in ``__getitem__``), batches
 of 4: 10 steps an epoch, 30 steps. ``OUT``: the output_dir; the uninterrupted run saves
 ``checkpoint-5`` (mid-epoch), ``checkpoint-10`` (the epoch boundary) and on.
@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hf_train import CONFIG  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig,
     BertForSequenceClassification,
     Trainer,
     TrainingArguments,
@@ -32,15 +32,6 @@ from transformers import (  # noqa: E402
 
 OUT = Path(os.environ["OUT"])
 RESUME = os.environ.get("RESUME")
-CONFIG = BertConfig(
-    vocab_size=64,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-    num_labels=2,
-)
 
 
 class Tokens(Dataset[dict[str, Any]]):
