@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
-import torch.utils.deterministic
 from torch import nn
 
-from torchrepro import detops
 from torchrepro._cost_workload import example_workload
+from torchrepro._levels import LEVELS, NAMES, Flags
 from torchrepro.errors import DeterminismError
 
 __all__ = ["CostReport", "SettingCost", "cost_from_spec", "determinism_cost", "example_workload"]
@@ -104,62 +103,6 @@ class CostReport:
                 ops = ", ".join(f"{op} +{ms:.3f} ms" for op, ms in s.extra_ops)
                 lines.append(f"extra time per step under {s.name}: {ops}")
         return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Flags:
-    cudnn_deterministic: bool
-    cudnn_benchmark: bool
-    deterministic_algorithms: bool
-    warn_only: bool
-    fill_uninitialized_memory: bool
-    patched: bool
-    forced: bool
-
-    @classmethod
-    def capture(cls) -> _Flags:
-        return cls(
-            torch.backends.cudnn.deterministic,
-            torch.backends.cudnn.benchmark,
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.utils.deterministic.fill_uninitialized_memory,  # type: ignore[attr-defined]
-            bool(detops.patched_ops()),
-            detops.forced(),
-        )
-
-    def apply(self) -> None:
-        torch.backends.cudnn.deterministic = self.cudnn_deterministic
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        torch.use_deterministic_algorithms(self.deterministic_algorithms, warn_only=self.warn_only)
-        torch.utils.deterministic.fill_uninitialized_memory = (  # type: ignore[attr-defined]
-            self.fill_uninitialized_memory
-        )
-        if self.patched:
-            detops.patch_nondeterministic_ops(force=self.forced)
-        else:
-            detops.unpatch_nondeterministic_ops()
-
-
-# Cheapest switches first: the first repeatable one is what the model needs.
-_SETTINGS: tuple[tuple[str, str, _Flags], ...] = (
-    ("defaults", "PyTorch defaults", _Flags(False, False, False, False, True, False, False)),
-    (
-        "recipe",
-        "cudnn.deterministic, benchmark off",
-        _Flags(True, False, False, False, True, False, False),
-    ),
-    (
-        "strict",
-        "recipe + use_deterministic_algorithms(True)",
-        _Flags(True, False, True, False, True, False, False),
-    ),
-    (
-        "torchrepro",
-        "strict + patched ops + fill_uninitialized_memory off",
-        _Flags(True, False, True, False, False, True, False),
-    ),
-)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -292,19 +235,20 @@ def determinism_cost(
         raise DeterminismError(f"rounds must be an int >= 2; got {rounds!r}. Pass e.g. rounds=2.")
     device = _device_of(model)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    saved = _Flags.capture()
-    seconds: dict[str, list[float]] = {name: [] for name, _, _ in _SETTINGS}
-    finals: dict[str, list[list[torch.Tensor]]] = {name: [] for name, _, _ in _SETTINGS}
-    ops: dict[str, dict[str, float]] = {name: {} for name, _, _ in _SETTINGS}
+    saved = Flags.capture()
+    seconds: dict[str, list[float]] = {name: [] for name in NAMES}
+    finals: dict[str, list[list[torch.Tensor]]] = {name: [] for name in NAMES}
+    ops: dict[str, dict[str, float]] = {name: {} for name in NAMES}
     errors: dict[str, str] = {}
     try:
         # Settings take turns round by round, so that load from other processes spreads
         # over all of them instead of landing on whichever ran at the wrong moment.
         for round_ in range(rounds + 1):
-            for name, _, flags in _SETTINGS:
+            for level in LEVELS:
+                name = level.name
                 if name in errors:
                     continue
-                flags.apply()
+                level.flags.apply()
                 try:
                     if round_ == 0:  # warm-up (kernel choice, allocator), then attribution
                         _train(model, batch, loss_fn, start, 1, lr, device)
@@ -330,7 +274,7 @@ def determinism_cost(
             errors.get(name),
             ops[name],
         )
-        for name, description, _ in _SETTINGS
+        for name, description in ((level.name, level.description) for level in LEVELS)
     ]
     base_time = measured[0][2]
     base_ops = measured[0][5]
