@@ -356,6 +356,90 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler=_demo)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from torchrepro.doctor import run_doctor
+
+    if args.json is not None:
+        from torchrepro.check.orchestrate import check_output_path
+
+        check_output_path(args.json, "--json")  # before measuring, not after
+    report = run_doctor(
+        args.device,
+        quick=args.quick,
+        only=args.only,
+        probes=args.probe,
+        model=args.model,
+        self_test=args.self_test,
+        time_limit=args.time_limit,
+        repeats=args.repeats,
+        progress=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    print(report.render())
+    if args.json is not None:
+        import json
+
+        from torchrepro._files import atomic_text_writer
+
+        with atomic_text_writer(args.json) as file:
+            file.write(json.dumps(report.to_json(), indent=2) + "\n")
+    return report.exit_code
+
+
+def _add_doctor(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="measure which ops repeat on this machine, and what determinism costs here",
+        description="Run each probe op (matmul, conv, scatter/index ops, pooling, "
+        "interpolation, losses, attention, ...) under PyTorch's defaults, the common recipe, "
+        "PyTorch strict and torchrepro's deterministic mode, several times in one process and "
+        "once more in a second; self-test torchrepro on the device; recommend the cheapest "
+        "level under which everything repeated. Exit 0 when a level made every probe (that "
+        "the model uses) repeat and the self-tests passed, 1 when not, 2 usage error, 3 a "
+        "measuring process failed.",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller shapes, 3 calls per op (under a minute)"
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the full report")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="a function returning (model, batch, loss_fn), as for `torchrepro cost`: only the "
+        "probes its training step uses count, and the cost is that of its step",
+    )
+    parser.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="add probes of your own (a function returning torchrepro.doctor.Probe objects)",
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="PROBE", help="run only this probe"
+    )
+    parser.add_argument(
+        "--no-self-test", dest="self_test", action="store_false", help="skip the self-tests"
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="hard limit for the whole run (default 60 with --quick, else 300); what is not "
+        "measured by then is reported as such",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=None, help="calls per op after the first"
+    )
+    parser.set_defaults(handler=_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``torchrepro`` command."""
     parser = argparse.ArgumentParser(
@@ -368,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost(subparsers)
     _add_env(subparsers)
     _add_diff(subparsers)
+    _add_doctor(subparsers)
 
     _add_demo(subparsers)
     return parser

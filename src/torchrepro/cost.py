@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Union
@@ -19,9 +21,18 @@ from torch import nn
 
 from torchrepro._cost_workload import example_workload
 from torchrepro._levels import LEVELS, NAMES, Flags
+from torchrepro.digests import same_bits
 from torchrepro.errors import DeterminismError
 
-__all__ = ["CostReport", "SettingCost", "cost_from_spec", "determinism_cost", "example_workload"]
+__all__ = [
+    "CostReport",
+    "SettingCost",
+    "cost_from_spec",
+    "determinism_cost",
+    "example_workload",
+    "load_workload",
+    "loss_of",
+]
 
 Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
 LossFn = Callable[..., torch.Tensor]
@@ -125,7 +136,8 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def _loss(model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+def loss_of(model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+    """The loss of one forward pass: `loss_fn(model(x))`, or `loss_fn(model(x), y)` for a pair."""
     if isinstance(batch, torch.Tensor):
         return loss_fn(model(batch))
     inputs, target = batch
@@ -148,20 +160,10 @@ def _train(
         torch.manual_seed(0)
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            _loss(model, batch, loss_fn).backward()  # type: ignore[no-untyped-call]
+            loss_of(model, batch, loss_fn).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     _sync(device)
     return [t.detach().clone() for t in model.state_dict().values()]
-
-
-def _same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
-    # Bitwise, not ==: NaN == NaN is False and -0.0 == 0.0 is True, both wrong here.
-    return len(a) == len(b) and all(
-        x.shape == y.shape
-        and x.dtype == y.dtype
-        and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
-        for x, y in zip(a, b)
-    )
 
 
 def _op_times(run: Callable[[], object], device: torch.device) -> dict[str, float]:
@@ -270,7 +272,7 @@ def determinism_cost(
             name,
             description,
             None if name in errors else min(seconds[name]),
-            None if name in errors else all(_same_bits(finals[name][0], f) for f in finals[name]),
+            None if name in errors else all(same_bits(finals[name][0], f) for f in finals[name]),
             errors.get(name),
             ops[name],
         )
@@ -306,6 +308,40 @@ def _describe(device: torch.device) -> str:
     return str(device)
 
 
+def load_workload(spec: str | None, device: str = "cpu") -> tuple[nn.Module, Batch, LossFn]:
+    """The `(model, batch, loss_fn)` that `module:function` returns, or `example_workload`'s
+    when `spec` is None. The working directory is searched first, as ``python -m`` does.
+
+    Example:
+        >>> model, batch, loss_fn = load_workload(None)
+        >>> type(model).__name__
+        '_FieldModel'
+    """
+    if spec is None:
+        return example_workload(device)
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise DeterminismError(
+            f"a workload spec is 'module:function'; got {spec!r}. Pass e.g. "
+            "'mypkg.train:cost_workload', a function returning (model, batch, loss_fn)."
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise DeterminismError(
+            f"cannot load {spec}: {error}. Expected a module importable from the working "
+            "directory, with a function returning (model, batch, loss_fn)."
+        ) from error
+    workload: Any = factory()
+    if not (isinstance(workload, tuple) and len(workload) == 3):
+        raise DeterminismError(
+            f"{spec} must return (model, batch, loss_fn); got {type(workload).__name__}."
+        )
+    return workload
+
+
 def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cpu") -> CostReport:
     """Cost report for `module:function` (which returns `(model, batch, loss_fn)`), or for
     `example_workload(device)` when `spec` is None. Meant for `torchrepro cost [SPEC]`.
@@ -314,20 +350,5 @@ def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cp
         >>> cost_from_spec(None, steps=1).settings[0].name
         'defaults'
     """
-    if spec is None:
-        model, batch, loss_fn = example_workload(device)
-        return determinism_cost(model, batch, loss_fn, steps=steps)
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise DeterminismError(
-            f"a workload spec is 'module:function'; got {spec!r}. Pass e.g. "
-            "'mypkg.train:cost_workload', a function returning (model, batch, loss_fn)."
-        )
-    factory = getattr(importlib.import_module(module_name), attr)
-    workload: Any = factory()
-    if not (isinstance(workload, tuple) and len(workload) == 3):
-        raise DeterminismError(
-            f"{spec} must return (model, batch, loss_fn); got {type(workload).__name__}."
-        )
-    model, batch, loss_fn = workload
+    model, batch, loss_fn = load_workload(spec, device)
     return determinism_cost(model, batch, loss_fn, steps=steps)

@@ -45,7 +45,7 @@ import xxhash
 from torchrepro._lanes import finish_lanes, lane_sums
 from torchrepro.errors import FingerprintError
 
-__all__ = ["ALGORITHMS", "Digest", "fingerprint"]
+__all__ = ["ALGORITHMS", "Digest", "fingerprint", "same_bits"]
 
 XXH3 = "xxh3_128"
 LANES = "lanes64x2-v1"
@@ -441,6 +441,24 @@ def _flatten(
             "expected tensors, numbers, strings, None, and dicts/lists of them. "
             "Digest the tensors you care about instead."
         )
+
+
+def same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    """Whether two lists of tensors hold the same dtypes, shapes and bytes.
+
+    Bitwise, not ``==``: ``nan == nan`` is False and ``-0.0 == 0.0`` True, both wrong here.
+
+    Example:
+        >>> same_bits([torch.tensor([0.0])], [torch.tensor([-0.0])])
+        False
+    """
+    return len(a) == len(b) and all(
+        x.shape == y.shape
+        and x.dtype == y.dtype
+        and x.device == y.device
+        and torch.equal(_as_bytes(x), _as_bytes(y))
+        for x, y in zip(a, b)
+    )
 
 
 def _leaf_text(value: Any) -> str:

@@ -85,3 +85,8 @@ class RunError(TorchReproError):
     """A command torchrepro started could not start or did not finish (exit status 3)."""
 
     exit_code = ExitCode.RUN_FAILED
+
+
+class DoctorError(TorchReproError, ValueError):
+    """``torchrepro doctor`` could not be carried out as asked (a device that is not here,
+    a probe or model spec that does not load)."""

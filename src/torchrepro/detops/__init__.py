@@ -39,6 +39,7 @@ from torchrepro.detops._patch import (
     forced,
     patch_nondeterministic_ops,
     patched_ops,
+    served,
     unpatch_nondeterministic_ops,
 )
 from torchrepro.detops._pooling import (
@@ -71,5 +72,6 @@ __all__ = [
     "patch_nondeterministic_ops",
     "patched_ops",
     "scatter_reduce",
+    "served",
     "unpatch_nondeterministic_ops",
 ]

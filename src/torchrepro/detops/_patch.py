@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,17 @@ from torchrepro.errors import DeterminismError, ReplacementError
 _LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
 _force = False
+# The replacements that ran while `served()` collects them, by function name; None if not.
+_served: list[str] | None = None
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serve(replacement: _F) -> _F:
+    """`replacement` itself, noted as having served a call when `served()` collects."""
+    if _served is not None:
+        _served.append(replacement.__name__)
+    return replacement
 
 
 def _route(t: Any, *, needed: bool, backward_only: bool) -> bool:
@@ -87,7 +98,7 @@ def _adaptive_entry(rank: int) -> Callable[..., torch.Tensor]:
 
     def entry(input: torch.Tensor, output_size: Any) -> torch.Tensor:
         if _route(input, needed=rank > 1, backward_only=True):
-            return replacement(input, output_size)
+            return _serve(replacement)(input, output_size)
         return native(input, output_size)  # type: ignore[no-any-return]
 
     entry.__name__ = entry.__qualname__ = f"adaptive_avg_pool{rank}d"
@@ -101,7 +112,7 @@ def _avg_pool_entry(rank: int) -> Callable[..., torch.Tensor]:
 
     def entry(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if _route(input, needed=rank == 3, backward_only=True):
-            return replacement(input, *args, **kwargs)
+            return _serve(replacement)(input, *args, **kwargs)
         return native(input, *args, **kwargs)  # type: ignore[no-any-return]
 
     entry.__name__ = entry.__qualname__ = f"avg_pool{rank}d"
@@ -124,7 +135,7 @@ def _interpolate_entry(
         and interpolate_supported(mode, input.dim() - 2, antialias)
         and (size is None) != (scale_factor is None)
     ):
-        return interpolate(*args)
+        return _serve(interpolate)(*args)
     return _NATIVE["F.interpolate"](*args)  # type: ignore[no-any-return]
 
 
@@ -136,7 +147,7 @@ def _pad_entry(
         and value is None
         and _route(input, needed=mode == "reflect", backward_only=True)
     ):
-        return _pad_replacement(input, pad, mode)
+        return _serve(_pad_replacement)(input, pad, mode)
     return _NATIVE["F.pad"](input, pad, mode, value)  # type: ignore[no-any-return]
 
 
@@ -144,7 +155,7 @@ def _nll_loss_entry(
     input: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
     if _route(input, needed=True, backward_only=False):
-        return nll_loss(input, target, *args, **kwargs)
+        return _serve(nll_loss)(input, target, *args, **kwargs)
     return _NATIVE["F.nll_loss"](input, target, *args, **kwargs)  # type: ignore[no-any-return]
 
 
@@ -156,7 +167,7 @@ def _cross_entropy_entry(
         and not target.is_floating_point()
         and _route(input, needed=True, backward_only=False)
     ):
-        return cross_entropy(input, target, *args, **kwargs)
+        return _serve(cross_entropy)(input, target, *args, **kwargs)
     return _NATIVE["F.cross_entropy"](input, target, *args, **kwargs)  # type: ignore[no-any-return]
 
 
@@ -174,7 +185,7 @@ def _cumsum_entry(native_key: str) -> Callable[..., torch.Tensor]:
             and _floating(result_dtype)
             and _route(input, needed=True, backward_only=False)
         ):
-            return cumsum(input, dim, dtype=dtype)
+            return _serve(cumsum)(input, dim, dtype=dtype)
         return native(input, dim, *args, **kwargs)  # type: ignore[no-any-return]
 
     entry.__name__ = entry.__qualname__ = "cumsum"
@@ -189,7 +200,7 @@ def _bincount_entry(native_key: str) -> Callable[..., torch.Tensor]:
         input: torch.Tensor, weights: torch.Tensor | None = None, minlength: int = 0
     ) -> torch.Tensor:
         if _route(input, needed=weights is not None, backward_only=False):
-            return bincount(input, weights, minlength)
+            return _serve(bincount)(input, weights, minlength)
         return native(input, weights, minlength)  # type: ignore[no-any-return]
 
     entry.__name__ = entry.__qualname__ = "bincount"
@@ -202,7 +213,7 @@ def _histc_entry(native_key: str) -> Callable[..., torch.Tensor]:
 
     def entry(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if "out" not in kwargs and _route(input, needed=True, backward_only=False):
-            return histc(input, *args, **kwargs)
+            return _serve(histc)(input, *args, **kwargs)
         return native(input, *args, **kwargs)  # type: ignore[no-any-return]
 
     entry.__name__ = entry.__qualname__ = "histc"
@@ -227,7 +238,7 @@ def _scatter_reduce_entry(native_key: str) -> Callable[..., torch.Tensor]:
             reduce in ("sum", "mean") and _floating(getattr(input, "dtype", torch.int64))
         )
         if not kwargs and supported and _route(input, needed=reduce == "prod", backward_only=False):
-            return scatter_reduce(input, dim, index, src, reduce, include_self=include_self)
+            return _serve(scatter_reduce)(input, dim, index, src, reduce, include_self=include_self)
         return native(  # type: ignore[no-any-return]
             input, dim, index, src, reduce, include_self=include_self, **kwargs
         )
@@ -399,3 +410,23 @@ def deterministic_ops(*, force: bool = False) -> Iterator[list[str]]:
                 patch_nondeterministic_ops(force=was_forced)
             else:
                 unpatch_nondeterministic_ops()
+
+
+@contextlib.contextmanager
+def served() -> Iterator[list[str]]:
+    """Collects the names of the replacements that serve calls inside the block, in order.
+
+    `torchrepro doctor` reports with it which replacement ran an op.
+
+    Example:
+        >>> with deterministic_ops(force=True), served() as names:
+        ...     _ = torch.cumsum(torch.ones(3), 0)
+        >>> names
+        ['cumsum']
+    """
+    global _served
+    outer, _served = _served, []
+    try:
+        yield _served
+    finally:
+        _served = outer
