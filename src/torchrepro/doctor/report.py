@@ -97,8 +97,9 @@ def recommend(
     """The cheapest of `levels` (cheapest first) under which every relevant probe passed.
 
     `relevant`: the probes that matter (those a model uses); None for every probe not known
-    to be missing on the device (one that was not measured counts, and does not pass). `model_cost`: per level the model's measured ``ms`` per step,
-    which the cost is then taken from instead of the probes' times.
+    to be missing on the device (one that was not measured counts, and does not pass).
+    `model_cost`: per level the model's measured ``ms`` per step, which the cost is then
+    taken from instead of the probes' times.
 
     Example:
         >>> ok = {"available": True, "raised": False, "within": True, "across": True}
