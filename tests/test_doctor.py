@@ -140,7 +140,7 @@ def test_a_time_limit_marks_what_it_stopped_as_not_measured_never_as_repeatable(
     assert "?" in report.render()
 
 
-def test_with_a_model_only_the_probes_its_step_uses_count() -> None:
+def test_with_a_model_only_the_probes_of_the_ops_its_step_runs_are_run() -> None:
     report = run_doctor(
         "cpu",
         quick=True,
@@ -150,6 +150,8 @@ def test_with_a_model_only_the_probes_its_step_uses_count() -> None:
     )
     assert report.model is not None
     assert report.recommendation.probes == ("conv2d", "index_add_")
+    assert {e["probe"] for e in report.entries} == {"conv2d", "index_add_"}
+    assert ["convolution", "float32"] in report.model["ops"]
     assert report.recommendation.cost_basis == "the model's training step"
     assert report.recommendation.cost is not None and report.recommendation.cost > 0
     assert "the 2 probes torchrepro._cost_workload:example_workload uses" in report.render()

@@ -232,8 +232,8 @@ def run_doctor(
         only: names of the probes to run (default: all of them).
         probes: `module:function` specs of probes of your own (a list of `Probe`).
         model: `module:function` returning `(model, batch, loss_fn)`, as for
-            ``torchrepro cost``: only the probes its training step uses count for the
-            recommendation, and the cost is that of its step.
+            ``torchrepro cost``: only the probes of the ops its training step runs are
+            run and count for the recommendation, and the cost is that of its step.
         self_test: also check torchrepro's digests, RNG capture and replacements on the
             device, and a 20-step training with ``torchrepro check``.
         time_limit: seconds for everything (default 60 quick, 300 full); what is not done
@@ -273,8 +273,22 @@ def run_doctor(
         if self_test:
             tests = runner.run("self-test", common[:2], {}, "self-test on the device")
             tests.append(_training_twice(dev, runner))
+        traced = None
+        if model is not None:  # first: only the probes of the ops its step runs are run
+            found = runner.run(
+                "model",
+                ["--device", str(dev), f"--model={model}"],
+                _groups(dev)[-1][1],
+                f"tracing and timing {model}",
+            )
+            traced = found[0] if found else None
+        if traced is not None:
+            ops = [(name, dtype) for name, dtype in traced["ops"]]
+            selected = [p for p in selected if p.matches(ops)]
+            common = [a for a in common if not a.startswith("--only=")]
+            common += [f"--only={p.name}" for p in selected]
         entries: list[dict[str, Any]] = []
-        for levels, env in _groups(dev):
+        for levels, env in _groups(dev) if selected else ():
             names = ",".join(level.name for level in levels)
             args = [*common, f"--levels={names}", f"--repeats={calls}"]
             first = runner.run("probes", args, env, f"probes under {names}")
@@ -285,23 +299,10 @@ def run_doctor(
         entries.sort(
             key=lambda e: ([p.name for p in selected].index(e["probe"]), order[e["level"]])
         )
-        traced = None
-        if model is not None:
-            found = runner.run(
-                "model",
-                ["--device", str(dev), f"--model={model}"],
-                _groups(dev)[-1][1],
-                f"tracing and timing {model}",
-            )
-            traced = found[0] if found else None
-        relevant = None
-        if traced is not None:
-            ops = [(name, dtype) for name, dtype in traced["ops"]]
-            relevant = [p.name for p in selected if p.matches(ops)]
         recommendation = recommend(
             entries,
             [level.name for level in LEVELS],
-            relevant,
+            None if traced is None else [p.name for p in selected],
             None if traced is None else traced["cost"],
         )
         return DoctorReport(
