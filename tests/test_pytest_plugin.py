@@ -13,6 +13,7 @@ import json
 import random
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 import torchrepro
 from torchrepro import isolate_rng, pytest_plugin
 from torchrepro._derive import derive_seed
-from torchrepro._sources import _seed_torch, seed_all
+from torchrepro._sources import capture_all, seed_all
 
 pytest_plugins = ["pytester"]
 
@@ -124,7 +125,7 @@ def test_the_header_shows_the_base_seed(tester: pytest.Pytester) -> None:
     tester.makepyfile(test_draws=DRAWS)
     result = tester.runpytest("--torchrepro-seed=123", "-p", "no:randomly")
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines(["torchrepro seed: 123 (repeat with --torchrepro-seed=123)"])
+    result.stdout.fnmatch_lines(["torchrepro seed: 123 (given; repeat with --torchrepro-seed=123)"])
 
 
 def test_each_test_body_starts_right_after_seed_all_of_its_derived_seed(
@@ -163,7 +164,7 @@ def test_a_failing_test_reports_a_command_that_replays_its_failure(
     assert replays, text
     failure = re.search(r"^FAILED (\S+) - (.*)$", text, re.MULTILINE)
     assert failure is not None
-    assert f"replay: pytest '{failure.group(1)}' --torchrepro-seed=1" in text
+    assert f"replay: pytest '{failure.group(1)}' -p no:randomly --torchrepro-seed=1" in text
 
     replayed = tester.runpytest(*shlex.split(replays[0])[1:], "-p", "no:randomly")
     replayed.assert_outcomes(failed=1)
@@ -219,29 +220,25 @@ def test_p_no_torchrepro_switches_the_plugin_off(tester: pytest.Pytester) -> Non
     assert "torchrepro seed:" not in result.stdout.str()
 
 
-def test_state_a_test_changes_through_torchrepro_does_not_leak_into_the_next(
+def test_seeding_a_test_changes_does_not_leak_into_the_next_but_its_flags_are_its_own(
     tester: pytest.Pytester,
 ) -> None:
     tester.makepyfile(
         test_leaks="""
-        import os
         import torch
         import torchrepro
+        from torchrepro.seeding import root_seed
 
         def test_changes_everything():
             torchrepro.seed_everything(5, deterministic=True)
 
-        def test_sees_none_of_it(torchrepro_seed):
-            assert not torch.are_deterministic_algorithms_enabled()
-            assert "FLASH_ATTENTION_DETERMINISTIC" not in os.environ
-            from torchrepro.seeding import root_seed
-
+        def test_sees_its_own_seed_and_the_suites_flags(torchrepro_seed):
             assert root_seed() == torchrepro_seed
+            # The flags are the suite's: as without the plugin, they stay as set.
+            assert torch.are_deterministic_algorithms_enabled()
         """
     )
-    before = torchrepro.determinism.snapshot()
     tester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
-    assert torchrepro.determinism.snapshot() == before
 
 
 def test_xdist_workers_draw_what_the_serial_run_draws_with_the_controllers_seed(
@@ -272,53 +269,29 @@ def test_beside_pytest_randomly_torchrepros_seeds_win_whatever_the_order(
         assert read_draws(tester) == alone
 
 
-def test_pytest_randomly_alone_seeds_torch_through_the_random_seeder_entry_point(
-    tester: pytest.Pytester,
-) -> None:
-    pytest.importorskip("pytest_randomly")
-    tester.makepyfile(
-        test_torch="""
-        import torch
-
-        def test_draw():
-            print("DRAW", torch.rand(1).item())
-        """
-    )
-    draws = []
-    for randomly_seed in ("1", "2", "1"):
-        result = tester.runpytest_subprocess(
-            "-p", "no:torchrepro", "-p", "randomly", f"--randomly-seed={randomly_seed}", "-s"
-        )
-        result.assert_outcomes(passed=1)
-        draws.append(re.findall(r"DRAW (\S+)", result.stdout.str()))
-    assert draws[0] == draws[2]
-    assert draws[0] != draws[1]
-
-
-def test_reseed_for_randomly_seeds_torch_from_randomlys_seed_outside_torchrepro_tests(
+def test_reseed_for_randomly_does_nothing_while_the_plugin_is_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pytest_plugin, "_phase_seed", None)
+    monkeypatch.setattr(pytest_plugin, "_active", None)
     with isolate_rng():
+        before = capture_all()
         pytest_plugin.reseed_for_randomly(1)
-        first = torch.rand(3)
-        pytest_plugin.reseed_for_randomly(1)
-        assert torch.equal(torch.rand(3), first)
-        _seed_torch(derive_seed(1, "torch"))
-        assert torch.equal(torch.rand(3), first)
+        after = capture_all()
+    assert torch.equal(before["torch"], after["torch"])
 
 
-def test_reseed_for_randomly_puts_torchrepros_phase_seed_back(
+def test_reseed_for_randomly_puts_back_the_streams_torchrepro_had_in_force(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pytest_plugin, "_phase_seed", 42)
+    active = pytest_plugin._active
+    assert active is not None  # this suite runs under the plugin
     with isolate_rng():
-        seed_all(42)
-        expected = (random.random(), np.random.rand(), torch.rand(2))
+        monkeypatch.setattr(active, "wanted", capture_all())
+        expected = draws_now()
+        random.seed(1)  # what pytest-randomly does before it calls the seeder
+        np.random.seed(1)
         pytest_plugin.reseed_for_randomly(1)
-        assert random.random() == expected[0]
-        assert np.random.rand() == expected[1]
-        assert torch.equal(torch.rand(2), expected[2])
+        assert draws_now() == expected
 
 
 def test_the_installed_distribution_registers_the_plugin_and_the_randomly_seeder() -> None:
@@ -331,3 +304,313 @@ def test_the_installed_distribution_registers_the_plugin_and_the_randomly_seeder
         registered.get(("pytest_randomly.random_seeder", "torchrepro"))
         == "torchrepro.pytest_plugin:reseed_for_randomly"
     )
+
+
+# Issue: the plugin on real suites. Each test below stands for one way real suites
+# (einops, pytorch-optimizer, geoopt) met the plugin.
+
+RECORD = """
+import json, random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def record(name, *values):
+    out = Path(__file__).parent / "draws"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(list(values)))
+"""
+
+
+def draws_now() -> list[object]:
+    return [random.random(), float(np.random.rand()), torch.rand(2).tolist()]
+
+
+@pytest.mark.parametrize("off", [["-p", "no:torchrepro"], ["-o", "torchrepro=false"]])
+def test_switched_off_no_part_of_torchrepro_reseeds_even_beside_pytest_randomly(
+    tester: pytest.Pytester, off: list[str]
+) -> None:
+    pytest.importorskip("pytest_randomly")
+    tester.makepyfile(
+        record=RECORD,
+        test_torch="""
+        import torch
+        from record import record
+
+        torch.manual_seed(123)
+
+        def test_first():
+            record("first", torch.rand(2).tolist())
+
+        def test_second():
+            record("second", torch.rand(2).tolist())
+        """,
+    )
+    result = tester.runpytest_subprocess(*off, "-p", "randomly", "--randomly-seed=3")
+    result.assert_outcomes(passed=2)
+    assert "torchrepro seed" not in result.stdout.str()
+    drawn = read_draws(tester)
+    with isolate_rng():
+        torch.manual_seed(123)
+        stream = [torch.rand(2).tolist(), torch.rand(2).tolist()]
+    # torch's stream flows on from the module's own seeding, in whichever order they ran.
+    assert sorted([drawn["first"][0], drawn["second"][0]]) == sorted(stream)
+
+
+def test_flags_and_variables_a_wider_fixture_sets_live_for_its_scope(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makeconftest(
+        """
+        import os
+        import pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def workspace():
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+            os.environ["OTHER_SETTING"] = "1"
+            yield
+        """
+    )
+    tester.makepyfile(
+        test_flags="""
+        import os
+        import pytest
+        import torch
+
+        @pytest.fixture(scope="module", autouse=True)
+        def strict():
+            torch.use_deterministic_algorithms(True)
+            yield
+            torch.use_deterministic_algorithms(False)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_sees_the_fixtures_settings(i):
+            assert torch.are_deterministic_algorithms_enabled()
+            assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
+            assert os.environ.get("OTHER_SETTING") == "1"
+        """
+    )
+    tester.runpytest("-p", "no:randomly").assert_outcomes(passed=3)
+
+
+def test_a_fixture_that_seeds_is_respected_in_the_test_body(tester: pytest.Pytester) -> None:
+    tester.makepyfile(
+        record=RECORD,
+        test_own_seed="""
+        import pytest
+        import torch
+        from record import record
+
+        @pytest.fixture(autouse=True, params=[30, 31])
+        def seeded(request):
+            torch.manual_seed(request.param)
+            return request.param
+
+        def test_draws(seeded):
+            record(f"s{seeded}", torch.rand(3).tolist())
+        """,
+    )
+    tester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+    drawn = read_draws(tester)
+    for seed in (30, 31):
+        with isolate_rng():
+            torch.manual_seed(seed)
+            assert drawn[f"s{seed}"] == [torch.rand(3).tolist()]
+
+
+SCOPES = """
+import random
+
+import numpy as np
+import pytest
+import torch
+from record import record
+
+GENERATOR = np.random.default_rng()  # unseeded, at import
+AT_IMPORT = [*torch.rand(2).tolist(), float(GENERATOR.random())]
+VALUES = [random.randrange(10**9) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return [random.random(), float(np.random.rand()), torch.rand(2).tolist()]
+
+
+@pytest.fixture(scope="session")
+def shared():
+    return torch.rand(2).tolist()
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_one(value, data, shared):
+    record(f"{MODULE}-one-{VALUES.index(value)}", value, AT_IMPORT, data, shared,
+           torch.rand(1).item())
+
+
+def test_two(data, shared):
+    record(f"{MODULE}-two", AT_IMPORT, data, shared, torch.rand(1).item())
+"""
+
+
+def write_scoped_suite(tester: pytest.Pytester) -> None:
+    tester.makepyfile(
+        record=RECORD,
+        test_m1="MODULE = 'm1'\n" + SCOPES,
+        test_m2="MODULE = 'm2'\n" + SCOPES,
+    )
+
+
+def node_ids(result: pytest.RunResult) -> list[str]:
+    return re.findall(r"^(test_m\d\.py::\S+) PASSED", result.stdout.str(), re.MULTILINE)
+
+
+def test_replays_draw_what_the_run_drew_at_every_scope(tester: pytest.Pytester) -> None:
+    write_scoped_suite(tester)
+    full = tester.runpytest("--torchrepro-seed=11", "-p", "no:randomly", "-v")
+    full.assert_outcomes(passed=6)
+    everything = read_draws(tester)
+    ids = node_ids(full)
+    assert len(ids) == 6
+    # Each test alone, as a replay runs it: the module fixture, the session fixture, the
+    # import-time draws, the numpy Generator and the random parametrize ids all repeat.
+    for nodeid in ids[::-1]:
+        alone = tester.runpytest("--torchrepro-seed=11", "-p", "no:randomly", nodeid)
+        alone.assert_outcomes(passed=1)
+    assert read_draws(tester) == everything
+    # The two modules draw differently from each other, and another seed draws otherwise.
+    assert everything["m1-two"] != everything["m2-two"]
+    tester.runpytest("--torchrepro-seed=12", "-p", "no:randomly").assert_outcomes(passed=6)
+    other = read_draws(tester)
+    assert all(other[name] != everything[name] for name in everything)
+
+
+def test_scoped_draws_are_the_same_serially_under_pytest_randomly_and_under_xdist(
+    tester: pytest.Pytester,
+) -> None:
+    pytest.importorskip("pytest_randomly")
+    pytest.importorskip("xdist")
+    write_scoped_suite(tester)
+    tester.runpytest("--torchrepro-seed=5", "-p", "no:randomly").assert_outcomes(passed=6)
+    serial = read_draws(tester)
+    for randomly_seed in ("1", "2"):
+        shuffled = tester.runpytest_subprocess(
+            "--torchrepro-seed=5", "-p", "randomly", f"--randomly-seed={randomly_seed}"
+        )
+        shuffled.assert_outcomes(passed=6)
+        assert read_draws(tester) == serial
+    spread = tester.runpytest_subprocess("--torchrepro-seed=5", "-n", "2", "-p", "no:randomly")
+    spread.assert_outcomes(passed=6)
+    assert read_draws(tester) == serial
+
+
+def test_a_tests_seed_does_not_depend_on_where_pytest_is_started(
+    tester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = tester.mkdir("suite")
+    (suite / "record.py").write_text(textwrap.dedent(RECORD))
+    (suite / "test_where.py").write_text(
+        "import torch\nfrom record import record\n\n"
+        "def test_draw(torchrepro_seed):\n"
+        "    record('where', torchrepro_seed, torch.rand(2).tolist())\n"
+    )
+    drawn = []
+    for folder in (tester.path, suite):  # no config file: pytest's rootdir is where it starts
+        monkeypatch.chdir(folder)
+        result = tester.runpytest_subprocess("--torchrepro-seed=3", "-p", "no:randomly")
+        result.assert_outcomes(passed=1)
+        drawn.append(json.loads((suite / "draws" / "where.json").read_text()))
+    assert drawn[0] == drawn[1]
+
+
+def test_lf_reuses_the_last_seed_and_the_summary_prints_it_even_quiet(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(test_coins=COINS)
+    first = tester.runpytest("-p", "no:randomly", "-q", "--tb=no")
+    seed = int(re.search(r"^torchrepro seed: (\d+);", first.stdout.str(), re.MULTILINE)[1])
+    failed = set(re.findall(r"FAILED (\S+)", first.stdout.str()))
+    assert failed
+    again = tester.runpytest("-p", "no:randomly", "--lf", "-rA")
+    assert header_seed(again) == seed
+    assert "the last run's, for --lf/--ff" in again.stdout.str()
+    assert {n for n, o in outcomes(again).items() if o == "FAILED"} == failed
+
+
+def test_a_replay_keeps_the_options_that_change_collection_and_warnings(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makeini("[pytest]\nfilterwarnings = error\n")
+    tester.makepyfile(
+        test_warns="""
+        import warnings
+        import torch
+
+        warnings.warn("old api", DeprecationWarning)
+
+        def test_coin():
+            assert torch.rand(1).item() < 0.0
+        """
+    )
+    result = tester.runpytest("-W", "ignore::DeprecationWarning", "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    [replay] = re.findall(r"^replay: (pytest .*)$", result.stdout.str(), re.MULTILINE)
+    assert "-W ignore::DeprecationWarning" in replay
+    tester.runpytest(*shlex.split(replay)[1:]).assert_outcomes(failed=1)
+
+
+def test_the_failure_report_says_how_to_draw_the_same_in_a_script(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(
+        test_fails="""
+        import random
+        import numpy as np
+        import torch
+
+        def test_fails():
+            print("DRAWS", [random.random(), float(np.random.rand()), torch.rand(2).tolist()])
+            assert False
+        """
+    )
+    result = tester.runpytest("-p", "no:randomly")
+    text = result.stdout.str()
+    seed = int(re.search(r"^test seed: (\d+)", text, re.MULTILINE)[1])
+    assert f"torchrepro.seed_everything({seed}) seeds Python, numpy and torch" in text
+    printed = re.search(r"^DRAWS (.*)$", text, re.MULTILINE)[1]
+    with isolate_rng():
+        torchrepro.seed_everything(seed)
+        assert printed == str(draws_now())
+
+
+def test_beside_pytest_randomly_the_header_says_which_seed_controls_what(
+    tester: pytest.Pytester,
+) -> None:
+    pytest.importorskip("pytest_randomly")
+    tester.makepyfile(test_draws=DRAWS)
+    result = tester.runpytest_subprocess("-p", "randomly", "--randomly-seed=4")
+    result.stdout.fnmatch_lines(
+        ["*torchrepro's seed decides every draw in the tests; pytest-randomly's*only their order"]
+    )
+
+
+def test_an_unseeded_numpy_generator_made_at_import_repeats_with_the_seed(
+    tester: pytest.Pytester,
+) -> None:
+    tester.makepyfile(
+        test_generator="""
+        import numpy as np
+
+        RNG = np.random.default_rng()
+
+        def test_draw():
+            print("DRAW", RNG.random())
+        """
+    )
+    drawn = []
+    for seed in ("1", "1", "2"):
+        result = tester.runpytest(f"--torchrepro-seed={seed}", "-p", "no:randomly", "-s")
+        drawn.append(re.findall(r"DRAW (\S+)", result.stdout.str()))
+    assert drawn[0] == drawn[1] != drawn[2]

@@ -18,6 +18,7 @@ from torchrepro._derive import (
     _seed_sequence_uint64_python,
     hash_string,
     normalize_seed,
+    seed_sequence_words,
 )
 from torchrepro.errors import DeterminismError, SeedError
 from torchrepro.seeding import root_seed
@@ -319,6 +320,12 @@ def test_derivation_is_numpys_seed_sequence_written_out(words: list[int]) -> Non
     # Python's copy serves processes that have not loaded numpy (the launcher).
     expected = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
     assert _seed_sequence_uint64_python(words) == _seed_sequence_uint64(words) == expected
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=24), st.integers(1, 700))
+def test_seed_sequence_words_are_numpys_generate_state(words: list[int], count: int) -> None:
+    expected = np.random.SeedSequence(words).generate_state(count)
+    assert np.array_equal(seed_sequence_words(words, count), expected)
 
 
 # -- bad input: a SeedError, never another exception, never silently accepted -----------

@@ -22,7 +22,7 @@ import torch
 
 from torchrepro import _codec
 from torchrepro._codec import Plain
-from torchrepro._derive import derive_seed
+from torchrepro._derive import derive_seed, seed_sequence_words
 from torchrepro.errors import StateError
 
 
@@ -100,7 +100,7 @@ def seed_generator(generator: torch.Generator, seed: int) -> torch.Generator:
     if state.numel() != _MT_STATE_BYTES or sys.byteorder != "little":
         return generator  # an unknown layout: the 32-bit seeding above stays, as torch does it
     raw = state.numpy().copy()
-    words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32]).generate_state(_MT_WORDS)
+    words = seed_sequence_words([seed & 0xFFFFFFFF, seed >> 32], _MT_WORDS)
     end = _MT_WORDS_OFFSET + 8 * _MT_WORDS
     raw[_MT_WORDS_OFFSET:end] = words.astype("<u8").view(np.uint8)
     raw[:8] = np.array([seed], dtype="<u8").view(np.uint8)

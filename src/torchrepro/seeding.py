@@ -257,9 +257,31 @@ def isolate_rng() -> Iterator[None]:
         >>> torch.equal(before, torch.get_rng_state())
         True
     """
-    global _root
-    states = capture_all()
     flags = determinism.snapshot()
+    try:
+        with isolate_seeding():
+            yield
+    finally:
+        determinism.restore(flags)
+
+
+@contextlib.contextmanager
+def isolate_seeding(*, rng: bool = True) -> Iterator[None]:
+    """As :func:`isolate_rng`, but the determinism flags and environment variables stay as
+    the block leaves them: only RNG states (with `rng`) and torchrepro's seeding are restored.
+
+    The pytest plugin runs each test in it, without `rng` (every test is seeded anew): a
+    fixture's own choice of flags is the suite's.
+
+    Example:
+        >>> with isolate_seeding():
+        ...     torch.backends.cudnn.benchmark = True
+        >>> torch.backends.cudnn.benchmark
+        True
+        >>> torch.backends.cudnn.benchmark = False
+    """
+    global _root
+    states = capture_all() if rng else {}
     loaders = data.loader_config()
     ranks = distributed.config()
     taken = takeover.config()
@@ -268,7 +290,6 @@ def isolate_rng() -> Iterator[None]:
         yield
     finally:
         restore_all(states)
-        determinism.restore(flags)
         data.set_loader_config(loaders)
         distributed.set_config(ranks)
         takeover.set_config(taken)
