@@ -457,7 +457,7 @@ def replay_command(item: pytest.Item) -> str:
 
     Example:
         >>> print(replay_command(item).replace(item.nodeid, "NODE"))  # item: this doctest
-        pytest NODE ... --torchrepro-seed=...
+        pytest NODE...--torchrepro-seed=...
     """
     return _replay(item.config, item.nodeid, item.config.stash[_seeding_key].base)
 
