@@ -4,9 +4,13 @@ determinism flags and the patch state after each test."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 import torch.utils.deterministic
+from tests.conftest import PYTHON, child_env
 from torch import nn
 
 from torchrepro import cost, detops
@@ -92,3 +96,47 @@ def test_field_model_raises_in_strict_mode_and_repeats_under_torchrepro_on_cuda(
     assert "does not have a deterministic implementation" in by_name["strict"].error
     assert by_name["torchrepro"].error is None
     assert by_name["torchrepro"].repeatable
+
+
+WORKLOAD = """
+import torch
+from torch import nn
+
+
+def workload():
+    model = nn.Linear(4, 2)
+    return model, (torch.randn(8, 4), torch.randint(0, 2, (8,))), nn.functional.cross_entropy
+"""
+
+
+def test_cost_finds_a_workload_in_the_working_directory_and_prints_only_its_report(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mywork.py").write_text(WORKLOAD)
+    done = subprocess.run(
+        [PYTHON, "-m", "torchrepro", "cost", "mywork:workload", "--steps", "1"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "speed is steps per second relative to defaults (higher is faster)" in done.stdout
+    assert done.stderr == ""  # the profiler's own log lines do not leak
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cost_on_cuda_without_a_gpu_is_a_usage_error_not_a_traceback() -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "torchrepro", "cost", "--device", "cuda"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "this machine has no CUDA device" in done.stderr
+    assert "Traceback" not in done.stderr

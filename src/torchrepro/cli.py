@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a command killed by SIGPIPE (128 + 13), as `yes | head` does.
+_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``torchrepro`` command; returns its exit status."""
     parser = build_parser()
@@ -478,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"torchrepro {args.verb}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`torchrepro cost | head`): no bug, and no finding either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _BROKEN_PIPE
     except Exception:  # noqa: BLE001 - a bug of ours is no finding: never exit 1
         import traceback
 

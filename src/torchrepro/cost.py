@@ -8,12 +8,13 @@ repeatable. `torchrepro cost [module:function]` prints that report (`cost_from_s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
 import torch
@@ -88,8 +89,9 @@ class CostReport:
         """The report as text, one line per setting, then the verdict and the costly ops."""
         lines = [
             f"determinism cost on {self.device}, torch {torch.__version__}, "
-            f"{self.steps} steps per run, fastest of {self.rounds} runs",
-            f"{'setting':<11} {'ms/step':>9} {'vs defaults':>11} {'repeatable':>10}  switches",
+            f"{self.steps} steps per run, fastest of {self.rounds} runs; speed is steps per "
+            "second relative to defaults (higher is faster)",
+            f"{'setting':<11} {'ms/step':>9} {'speed':>11} {'repeatable':>10}  switches",
         ]
         for s in self.settings:
             ms = (
@@ -166,6 +168,21 @@ def _train(
     return [t.detach().clone() for t in model.state_dict().values()]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's C++ library logs its start and stop to file descriptor 2; a report
+    has no use for those lines. Python's own errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _op_times(run: Callable[[], object], device: torch.device) -> dict[str, float]:
     """Self time in milliseconds of each op during `run()`, on the device when it is CUDA."""
     from torch.profiler import ProfilerActivity, profile
@@ -173,7 +190,7 @@ def _op_times(run: Callable[[], object], device: torch.device) -> dict[str, floa
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
+    with _native_stderr_silenced(), profile(activities=activities) as prof:
         run()
     times: dict[str, float] = {}
     for event in prof.key_averages():
@@ -318,6 +335,12 @@ def load_workload(spec: str | None, device: str = "cpu") -> tuple[nn.Module, Bat
         '_FieldModel'
     """
     if spec is None:
+        kind = torch.device(device).type
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise DeterminismError(
+                f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); "
+                "expected a device this torch can use. Pass --device cpu."
+            )
         return example_workload(device)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
