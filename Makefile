@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint
+.PHONY: demo test lint docs
 
 demo: $(READY)
 	$(PY) -m torchrepro demo
 
 test: $(READY)
 	$(PY) -m pytest
+
+docs: $(READY)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(READY)
 	$(VENV)/bin/ruff check src tests examples benchmarks

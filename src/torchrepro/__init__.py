@@ -6,7 +6,7 @@ imported by name (``torchrepro.state``, ``torchrepro.records``, ``torchrepro.che
 ``import torchrepro`` alone imports neither torch nor numpy: the ``torchrepro`` command's
 launching process and spawned DataLoader workers load only what they use.
 
-Example:
+Examples:
     >>> import torchrepro
     >>> torchrepro.seed_everything(11)
     11

@@ -10,7 +10,7 @@ leaks from one command into the next one it starts.
 Nothing here imports torch: the launching process of ``torchrepro run`` and ``check``
 reads this table too.
 
-Example:
+Examples:
     >>> VARIABLES[SEED].read_by
     'seed_everything, DataLoader workers, the environment manifest'
     >>> sorted(name for name, v in VARIABLES.items() if v.per_run)[:2]

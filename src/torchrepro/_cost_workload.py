@@ -43,7 +43,7 @@ def example_workload(
     adaptive average pooling, on 16x16 images; built from a fixed seed without touching
     the global RNG.
 
-    Example:
+    Examples:
         >>> model, (x, y), loss_fn = example_workload()
         >>> loss_fn(model(x), y).shape
         torch.Size([])

@@ -34,7 +34,7 @@ def hash_string(text: str) -> int:
 
     Python's ``hash`` is salted per process; this is SHA-256 of the UTF-8 bytes.
 
-    Example:
+    Examples:
         >>> hash_string("abc")
         13436514500253700074
     """
@@ -49,7 +49,7 @@ def hash_string(text: str) -> int:
 def describe(value: object) -> str:
     """A short ``repr`` and the type of ``value``, for error messages.
 
-    Example:
+    Examples:
         >>> describe(10**5000)
         'an int of 16610 bits (int)'
     """
@@ -68,7 +68,7 @@ def describe(value: object) -> str:
 def require_bool(value: object, what: str, error: type[Exception] = SeedError) -> bool:
     """``value`` if it is a bool; an ``error`` naming ``what`` otherwise ("no" is truthy).
 
-    Example:
+    Examples:
         >>> require_bool("no", "workers")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -86,7 +86,7 @@ def require_int(value: object, what: str) -> int:
     """``value`` as an int in [0, 2**64): ints and what ``__index__`` takes, never a bool
     or a float (``int(1.5)`` would be 1); a :class:`SeedError` naming ``what`` otherwise.
 
-    Example:
+    Examples:
         >>> require_int(3, "index")
         3
     """
@@ -114,7 +114,7 @@ def parse_seed_text(text: str, what: str) -> int:
         SeedError: Anything but 1 to 20 ASCII digits naming an int below 2**64; Python's
             ``int`` would also take ``"1_000"``, ``" 7"`` and other scripts' digits.
 
-    Example:
+    Examples:
         >>> parse_seed_text("11", "TORCHREPRO_SEED")
         11
         >>> parse_seed_text("1_000", "TORCHREPRO_SEED")  # doctest: +ELLIPSIS
@@ -141,7 +141,7 @@ def normalize_seed(seed: object, what: str = "seed") -> int:
     Raises:
         SeedError: The seed is of another type or out of range.
 
-    Example:
+    Examples:
         >>> normalize_seed(11)
         11
     """
@@ -171,7 +171,7 @@ def derive_seed(root: SeedLike, *keys: SeedLike) -> int:
     Raises:
         SeedError: The root or a key is not an acceptable int or str.
 
-    Example:
+    Examples:
         >>> derive_seed(11, "data", 0, 1)
         5091976386060140560
     """
@@ -235,7 +235,7 @@ def seed_sequence_words(entropy: list[int], count: int) -> Any:
     five times faster for a Mersenne Twister's 624 (the output constants are per position,
     not per seed, so they are computed once).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> words = seed_sequence_words([5, 7], 624)
         >>> bool((words == np.random.SeedSequence([5, 7]).generate_state(624)).all())
@@ -274,7 +274,7 @@ def _seed_sequence_uint64_python(entropy: list[int]) -> int:
 def hash_seed_for(root: int) -> int:
     """The ``PYTHONHASHSEED`` torchrepro uses for a root seed (Python takes [0, 2**32)).
 
-    Example:
+    Examples:
         >>> hash_seed_for(11)
         2231009419
     """
@@ -287,7 +287,7 @@ def root_seed_from_env() -> int:
     Raises:
         SeedError: No seed is set, or ``TORCHREPRO_SEED`` is not an integer.
 
-    Example:
+    Examples:
         >>> os.environ["TORCHREPRO_SEED"] = "11"
         >>> root_seed_from_env()
         11
@@ -321,7 +321,7 @@ def fresh_seed() -> int:
 def resolve_root(seed: SeedLike | None) -> int:
     """The root seed of one process: ``seed``, else ``TORCHREPRO_SEED``, else a fresh one.
 
-    Example:
+    Examples:
         >>> resolve_root("experiment-1") == resolve_root("experiment-1")
         True
     """

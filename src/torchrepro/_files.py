@@ -1,7 +1,7 @@
 """Files written so that a crash leaves the old file or the new one, never a mix, and files
 opened for reading only when they are regular files.
 
-Example:
+Examples:
     >>> with atomic_binary_writer("state.bin") as file:
     ...     _ = file.write(b"...")
     >>> with open_regular("state.bin") as file:
@@ -51,7 +51,7 @@ def atomic_binary_writer(path: PathLike) -> Iterator[BinaryIO]:
     The new file keeps the permissions of the file it replaces; a new file gets those of
     ``open(path, "w")`` (0o666 less the umask), as with ``torch.save``.
 
-    Example:
+    Examples:
         >>> with atomic_binary_writer("state.bin") as file:
         ...     _ = file.write(b"...")
         ...     Path("state.bin").exists()
@@ -70,7 +70,7 @@ def atomic_text_writer(path: PathLike) -> Iterator[TextIO]:
     As :func:`atomic_binary_writer`: a reader never sees a partial file and a failed write
     leaves the previous file (or none) in place.
 
-    Example:
+    Examples:
         >>> with atomic_text_writer("trace.jsonl") as file:
         ...     _ = file.write("line 1\\n")
         ...     Path("trace.jsonl").exists()
@@ -92,7 +92,7 @@ def open_regular(path: PathLike) -> BinaryIO:
         NotRegularFileError: ``path`` is a directory, FIFO, device or socket.
         OSError: ``path`` cannot be opened (missing, no permission).
 
-    Example:
+    Examples:
         >>> try:
         ...     open_regular("/dev/zero")
         ... except NotRegularFileError as error:

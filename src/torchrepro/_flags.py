@@ -5,7 +5,7 @@ manifest records it under this name (``env["determinism"][name]``), and ``diff``
 ``check`` explain a difference with its note. Nothing here imports torch, so the launching
 process of ``torchrepro check`` can read records with it.
 
-Example:
+Examples:
     >>> NOTES[STRING_HASHING]
     'str hashing salted per process: set and dict-of-str order, hence data order, change per run.'
 """
@@ -60,7 +60,7 @@ def check_mode(mode: object) -> Mode:
     Raises:
         DeterminismError: Anything else.
 
-    Example:
+    Examples:
         >>> check_mode("warn")
         'warn'
     """
@@ -78,7 +78,7 @@ def mode_from_text(text: str) -> Mode | None:
     Raises:
         DeterminismError: ``text`` is not one of them.
 
-    Example:
+    Examples:
         >>> mode_from_text("1")
         True
     """

@@ -6,7 +6,7 @@ position and mixed by a splitmix64-style finalizer; two independent wrapping 64-
 ops, so only the 16-byte pair of sums per tensor travels to the host
 (:func:`finish_lanes`). :mod:`torchrepro.digests` is the public face.
 
-Example:
+Examples:
     >>> data = torch.arange(16, dtype=torch.uint8)
     >>> sums = lane_sums([data], data.device, 64 << 20)
     >>> finish_lanes(b"uint8\\x0016\\x00", int(sums[0, 0]), int(sums[0, 1]))

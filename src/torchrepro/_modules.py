@@ -11,7 +11,7 @@ as ``named_modules`` and the record's parameter names give it); the outermost it
 module called on its own (a loss module), by its class name. A module called more than
 once keeps its one name.
 
-Example:
+Examples:
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
     >>> seen = []
     >>> def look(module, args, output):

@@ -184,7 +184,7 @@ def start_trace_from_env() -> StepTrace | None:
     Returns:
         The tracer started, or None.
 
-    Example:
+    Examples:
         >>> os.environ["TORCHREPRO_TRACE"], os.environ["TORCHREPRO_TRACE_STEP"] = "t.jsonl", "1"
         >>> start_trace_from_env()  # doctest: +ELLIPSIS
         <torchrepro._tracer.StepTrace object at ...>

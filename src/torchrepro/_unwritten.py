@@ -8,7 +8,7 @@ written all of it, and digests its unwritten elements as the fixed marker
 reads from an op's schema which arguments it writes, and whether it reads them first
 (``add_`` does; ``copy_``, ``bernoulli_`` and ``out=`` tensors do not).
 
-Example:
+Examples:
     >>> memory = Unwritten()
     >>> x = torch.empty(4)
     >>> memory.made(x, "aten.empty.memory_format")
@@ -59,7 +59,7 @@ class OpInfo:
         makes_unwritten: Its outputs are uninitialized memory (the empty family).
         metadata: An in-place op on metadata or storage (``t_``, ``set_``), not on values.
 
-    Example:
+    Examples:
         >>> info = OpInfo.of(torch.ops.aten.bernoulli_.float)
         >>> info.writes, info.reads_written, info.random
         ((0,), False, True)

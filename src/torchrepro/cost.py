@@ -242,7 +242,7 @@ def determinism_cost(
     Returns:
         A `CostReport`; `print(report.render())` for the text.
 
-    Example:
+    Examples:
         >>> model, batch, loss_fn = example_workload()
         >>> report = determinism_cost(model, batch, loss_fn, steps=1)
         >>> [s.name for s in report.settings]
@@ -329,7 +329,7 @@ def load_workload(spec: str | None, device: str = "cpu") -> tuple[nn.Module, Bat
     """The `(model, batch, loss_fn)` that `module:function` returns, or `example_workload`'s
     when `spec` is None. The working directory is searched first, as ``python -m`` does.
 
-    Example:
+    Examples:
         >>> model, batch, loss_fn = load_workload(None)
         >>> type(model).__name__
         '_FieldModel'
@@ -369,7 +369,7 @@ def cost_from_spec(spec: str | None = None, *, steps: int = 5, device: str = "cp
     """Cost report for `module:function` (which returns `(model, batch, loss_fn)`), or for
     `example_workload(device)` when `spec` is None. Meant for `torchrepro cost [SPEC]`.
 
-    Example:
+    Examples:
         >>> cost_from_spec(None, steps=1).settings[0].name
         'defaults'
     """

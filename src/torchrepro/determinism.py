@@ -135,7 +135,7 @@ def string_hashing_randomized() -> bool:
 
     It does unless ``PYTHONHASHSEED`` was set to an integer before it started.
 
-    Example:
+    Examples:
         >>> isinstance(string_hashing_randomized(), bool)
         True
     """
@@ -172,7 +172,7 @@ def settings() -> dict[str, Any]:
 
     The environment manifest records this dict as ``env["determinism"]``.
 
-    Example:
+    Examples:
         >>> settings()["cudnn_benchmark"]
         False
     """
@@ -190,7 +190,7 @@ class Snapshot:
 def snapshot() -> Snapshot:
     """Captures every settable setting and managed environment variable, for :func:`restore`.
 
-    Example:
+    Examples:
         >>> saved = snapshot()
         >>> torch.backends.cudnn.benchmark = True
         >>> restore(saved)
@@ -270,7 +270,7 @@ def enable_determinism(
     Raises:
         DeterminismError: ``mode`` is not ``True`` or ``"warn"``.
 
-    Example:
+    Examples:
         >>> enable_determinism("warn")
         >>> torch.are_deterministic_algorithms_enabled()
         True
@@ -302,7 +302,7 @@ def deterministic(
 ) -> Iterator[None]:
     """Determinism switched on inside the block, every flag and variable restored after.
 
-    Example:
+    Examples:
         >>> with deterministic():
         ...     torch.are_deterministic_algorithms_enabled()
         True
@@ -399,7 +399,7 @@ def determinism_status() -> DeterminismStatus:
 
     Reading the status never initialises CUDA.
 
-    Example:
+    Examples:
         >>> print(determinism_status().cudnn_benchmark)
         False
     """

@@ -82,7 +82,7 @@ class Digest(str):
 
     It compares and hashes as the plain hex string.
 
-    Example:
+    Examples:
         >>> d = fingerprint(torch.zeros(3))
         >>> (len(d), d.algorithm)
         (32, 'xxh3_128')
@@ -448,7 +448,7 @@ def same_bits(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
 
     Bitwise, not ``==``: ``nan == nan`` is False and ``-0.0 == 0.0`` True, both wrong here.
 
-    Example:
+    Examples:
         >>> same_bits([torch.tensor([0.0])], [torch.tensor([-0.0])])
         False
     """
@@ -493,7 +493,7 @@ def fingerprint(
     Raises:
         FingerprintError: for unsupported values, or ``xxh3`` asked for device tensors.
 
-    Example:
+    Examples:
         >>> x = torch.arange(4.0)
         >>> fingerprint(x) == fingerprint(x.clone())
         True

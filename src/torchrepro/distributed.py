@@ -89,7 +89,7 @@ def _group_ready() -> bool:
 def rank() -> int:
     """This process's global rank: from an initialised process group, else ``RANK``, else 0.
 
-    Example:
+    Examples:
         >>> rank()
         0
     """
@@ -101,7 +101,7 @@ def rank() -> int:
 def world_size() -> int:
     """The number of ranks: from an initialised process group, else ``WORLD_SIZE``, else 1.
 
-    Example:
+    Examples:
         >>> world_size()
         1
     """
@@ -113,7 +113,7 @@ def world_size() -> int:
 def is_distributed() -> bool:
     """Whether this process is one of several ranks (torchrun's variables or a process group).
 
-    Example:
+    Examples:
         >>> is_distributed()
         False
     """
@@ -132,7 +132,7 @@ def broadcast_seed(draw: Callable[[], int]) -> int:
     Raises:
         SeedError: The process group is not initialised yet, so the ranks cannot agree.
 
-    Example:
+    Examples:
         >>> url = "file://" + os.path.abspath("rendezvous")
         >>> torch.distributed.init_process_group("gloo", init_method=url, rank=0, world_size=1)
         >>> broadcast_seed(lambda: 1234)
@@ -191,7 +191,7 @@ def set_config(value: _Config | None) -> None:
 def streams_split() -> bool:
     """Whether this rank's global generators were switched to its own seed.
 
-    Example:
+    Examples:
         >>> streams_split()
         False
     """
@@ -218,7 +218,7 @@ def split_streams() -> int:
     Raises:
         SeedError: ``seed_everything`` was not called in this process.
 
-    Example:
+    Examples:
         >>> torchrepro.seed_everything(11)
         11
         >>> model = torch.nn.Linear(4, 2)  # identical on every rank
@@ -419,7 +419,7 @@ def verify_replicas(every: int = _DEFAULT_EVERY) -> None:
     Raises:
         DistributedError: ``every`` is not a non-negative int.
 
-    Example:
+    Examples:
         >>> verify_replicas(every=10)
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:

@@ -130,7 +130,7 @@ def environment(cwd: str | None = None) -> dict[str, Any]:
         compute capability, driver; CPU model and count), thread counts, determinism and
         TF32 flags, relevant environment variables, seed, world size, rank and git commit.
 
-    Example:
+    Examples:
         >>> env = environment()
         >>> sorted(env)[:3]
         ['cpu', 'cuda', 'cudnn']
@@ -165,7 +165,7 @@ def environment(cwd: str | None = None) -> dict[str, Any]:
 def format_environment(manifest: dict[str, Any]) -> str:
     """A manifest as aligned ``key  value`` lines, for people.
 
-    Example:
+    Examples:
         >>> print(format_environment({"torch": "2.13.0", "gpu": None}))
         torch  2.13.0
         gpu    -

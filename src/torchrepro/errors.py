@@ -4,7 +4,7 @@ matching builtin, and each class carries the exit status the ``torchrepro`` comm
 Exit status of every verb: 0 success, 1 a finding (runs diverged), 2 a usage error,
 3 a run failed, 130 interrupted (Ctrl-C).
 
-Example:
+Examples:
     >>> int(SeedError("bad seed").exit_code)
     2
     >>> isinstance(SeedError("bad seed"), ValueError)
@@ -32,7 +32,7 @@ class TorchReproError(RuntimeError):
     Its message is printable whatever it quotes: control characters (a terminal escape
     code in a damaged file's keys, say) are written as escapes; lines and tabs stay.
 
-    Example:
+    Examples:
         >>> print(TorchReproError("bad key rng." + chr(27) + "[31m"))
         bad key rng.\\x1b[31m
     """

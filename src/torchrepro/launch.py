@@ -45,7 +45,7 @@ def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     Drops every ``TORCHREPRO_*`` variable of the contract and ``PYTHONHASHSEED``, so a
     command started in it runs as if torchrepro had never run in this process.
 
-    Example:
+    Examples:
         >>> clean_environment({"PATH": "/bin", "TORCHREPRO_SEED": "11", "PYTHONHASHSEED": "1"})
         {'PATH': '/bin'}
     """
@@ -74,7 +74,7 @@ def child_environment(
             Python's) derive from the root seed (``TORCHREPRO_TAKE_OVER=1``); ``False``:
             they are only reported; ``None``: as ``base`` says.
 
-    Example:
+    Examples:
         >>> env = child_environment(11, deterministic=True, base={})
         >>> env["TORCHREPRO_SEED"], env["PYTHONHASHSEED"], env["TORCHREPRO_DETERMINISTIC"]
         ('11', '2231009419', '1')
@@ -172,7 +172,7 @@ def run_command(
     Raises:
         RunError: The command cannot be started.
 
-    Example:
+    Examples:
         >>> run_command([sys.executable, "-c", "raise SystemExit(3)"], seed=7)
         3
     """

@@ -21,7 +21,7 @@ an op that draws random numbers (``random``) then says that the RNG state differ
 This module reads traces and imports no torch, so the launching process of
 ``torchrepro check`` uses it.
 
-Example:
+Examples:
     >>> a = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y"])]
     >>> b = [trace_event("aten.mm.default", "fc", "forward", ["x", "w"], ["y2"])]
     >>> found = first_difference(a, b)
@@ -154,7 +154,7 @@ def op_base_name(op: str) -> str:
     """The op's name without namespace and overload: ``"aten.index_add_.default"`` ->
     ``"index_add_"``, ``"mylib.noisy.default"`` -> ``"noisy"``.
 
-    Example:
+    Examples:
         >>> op_base_name("aten.index_add_.default") in NONDETERMINISTIC_OPS
         True
         >>> op_base_name("mylib.noisy.default")
@@ -184,7 +184,7 @@ def trace_event(
         unwritten: The ops that made unwritten memory this op read (:data:`EMPTY_OPS`).
         random: It drew random numbers.
 
-    Example:
+    Examples:
         >>> trace_event("aten.add.Tensor", OUTSIDE, "forward", ["a", "b"], ["c"])["module"]
         '(outside any module)'
         >>> trace_event("aten.bernoulli_.float", "drop", "forward", [OVERWRITTEN], ["m"],
@@ -209,7 +209,7 @@ def read_trace(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         RecordError: The file is missing (the run ended before the traced step) or is not
             a trace.
 
-    Example:
+    Examples:
         >>> read_trace("run1.trace")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -275,7 +275,7 @@ class Localization:
     def describe(self) -> str:
         """One line for the report.
 
-        Example:
+        Examples:
             >>> print(Localization("uninitialized", "aten.add.Tensor", "fc", "forward", 4,
             ...                    source_op="aten.empty.memory_format", rank=1).describe())
             rank 1: fc (forward): aten.add.Tensor read memory that no op had written (made by
@@ -333,7 +333,7 @@ def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -
     Ops that compute nothing (the empty family, ``set_``) are passed over: a DataLoader
     worker's batch arrives when it arrives; what the ops bring is compared where it is read.
 
-    Example:
+    Examples:
         >>> a = [trace_event("aten.add.Tensor", "layer3.0", "forward", ["x"], ["y"])]
         >>> first_difference(a, a).kind
         'none'

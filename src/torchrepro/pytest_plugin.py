@@ -28,7 +28,7 @@ every part of it off, the pytest-randomly seeder included. What it does when on:
   ``pytest_randomly.random_seeder`` entry point puts torchrepro's streams back as they were
   before that reseed: torchrepro's seed decides every draw, pytest-randomly's the order.
 
-Example:
+Examples:
     A test that fails for some seeds prints, in its report::
 
         --------------------------------- torchrepro ---------------------------------
@@ -167,7 +167,7 @@ _stable_key = pytest.StashKey[str]()
 def stable_id(node: pytest.Item | pytest.Collector) -> str:
     """A node's id relative to its project, the same wherever pytest was started.
 
-    Example:
+    Examples:
         >>> stable_id(item).endswith("pytest_plugin.py::torchrepro.pytest_plugin.stable_id")
         True
     """
@@ -399,7 +399,7 @@ class _Seeding:
     def torchrepro_seed(self, request: pytest.FixtureRequest) -> int:
         """The seed of the running test: it was seeded with it before its fixtures.
 
-        Example:
+        Examples:
             >>> def test_noise(torchrepro_seed):
             ...     generator = torch.Generator().manual_seed(torchrepro_seed)
         """
@@ -410,7 +410,7 @@ class _Seeding:
 def item_seed(item: pytest.Item) -> int:
     """The seed of one test: ``derive_seed(base_seed, "test", stable_id(item))``.
 
-    Example:
+    Examples:
         >>> item_seed(item) == int(os.environ["TORCHREPRO_SEED"])  # item: this doctest
         True
     """
@@ -423,7 +423,7 @@ def item_seed(item: pytest.Item) -> int:
 def _kept_options(args: Sequence[str]) -> list[str]:
     """The options of a pytest command line that a replay needs.
 
-    Example:
+    Examples:
         >>> _kept_options(["-q", "-W", "ignore::DeprecationWarning", "-pno:randomly", "-k", "x"])
         ['-W', 'ignore::DeprecationWarning', '-pno:randomly']
     """
@@ -455,7 +455,7 @@ def replay_command(item: pytest.Item) -> str:
     """The shell command that reruns ``item`` with this session's seed and the options of
     this session that change collection or warnings.
 
-    Example:
+    Examples:
         >>> print(replay_command(item).replace(item.nodeid, "NODE"))  # item: this doctest
         pytest NODE...--torchrepro-seed=...
     """
@@ -469,7 +469,7 @@ def reseed_for_randomly(seed: int) -> None:
     then calls this: it puts back the states torchrepro had in force (the test's streams,
     with what its fixtures drew). With torchrepro's plugin off it does nothing.
 
-    Example:
+    Examples:
         >>> reseed_for_randomly(1234)  # pytest-randomly calls it; users need not
     """
     if _active is not None:

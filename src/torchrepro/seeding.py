@@ -41,7 +41,7 @@ def resolve_seed(seed: SeedLike | None) -> int:
     Among several ranks a fresh seed is drawn on rank 0 and broadcast; before the process
     group exists that is impossible, and :class:`SeedError` says what to do instead.
 
-    Example:
+    Examples:
         >>> resolve_seed("experiment-1") == resolve_seed("experiment-1")
         True
     """
@@ -110,7 +110,7 @@ def seed_everything(
             ``TORCHREPRO_TAKE_OVER`` is not 1 or 0.
         DeterminismError: ``deterministic`` is not one of the values above.
 
-    Example:
+    Examples:
         >>> seed_everything(11)
         11
         >>> def draws(seed):
@@ -177,7 +177,7 @@ def adopt_seed(seed: SeedLike) -> int:
     Raises:
         SeedError: ``seed`` is not an int in [0, 2**64) or a str.
 
-    Example:
+    Examples:
         >>> _ = torch.manual_seed(5)
         >>> first = torch.rand(2)
         >>> _ = torch.manual_seed(5)
@@ -193,7 +193,7 @@ def adopt_seed(seed: SeedLike) -> int:
 def seeded_root() -> int | None:
     """The last ``seed_everything``'s (or ``adopt_seed``'s) root seed in this process, if any.
 
-    Example:
+    Examples:
         >>> seed_everything(11)
         11
         >>> seeded_root()
@@ -208,7 +208,7 @@ def root_seed() -> int:
     Raises:
         SeedError: No seed was set in either way.
 
-    Example:
+    Examples:
         >>> seed_everything(11)
         11
         >>> root_seed()
@@ -220,7 +220,7 @@ def root_seed() -> int:
 def numpy_generator(*keys: SeedLike) -> np.random.Generator:
     """A numpy ``Generator`` of its own, derived from the root seed and ``keys``.
 
-    Example:
+    Examples:
         >>> seed_everything(11)
         11
         >>> int(numpy_generator("augment").integers(1000))
@@ -232,7 +232,7 @@ def numpy_generator(*keys: SeedLike) -> np.random.Generator:
 def torch_generator(*keys: SeedLike, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch ``Generator`` of its own on ``device``, derived from the root seed and ``keys``.
 
-    Example:
+    Examples:
         >>> seed_everything(11)
         11
         >>> a = torch.randn(3, generator=torch_generator("noise"))
@@ -250,7 +250,7 @@ def isolate_rng() -> Iterator[None]:
     determinism flags, the environment variables torchrepro manages and its DataLoader
     seeding and whether the script's own seeding is taken over. Blocks nest.
 
-    Example:
+    Examples:
         >>> before = torch.get_rng_state()
         >>> with isolate_rng():
         ...     _ = torch.randn(5)     # an evaluation pass, say: the training never notices
@@ -273,7 +273,7 @@ def isolate_seeding(*, rng: bool = True) -> Iterator[None]:
     The pytest plugin runs each test in it, without `rng` (every test is seeded anew): a
     fixture's own choice of flags is the suite's.
 
-    Example:
+    Examples:
         >>> with isolate_seeding():
         ...     torch.backends.cudnn.benchmark = True
         >>> torch.backends.cudnn.benchmark

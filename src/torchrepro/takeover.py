@@ -77,7 +77,7 @@ def take_over_from_env() -> bool:
     Raises:
         SeedError: Any other value.
 
-    Example:
+    Examples:
         >>> os.environ["TORCHREPRO_TAKE_OVER"] = "1"
         >>> take_over_from_env()
         True

@@ -1,6 +1,6 @@
 """Test helpers: prove that a function gives bitwise the same result in fresh processes.
 
-Example:
+Examples:
     >>> import functools
     >>> from torchrepro.testing import assert_reproducible
     >>> # fn is sent to fresh processes by name: a module-level function, or a partial of one
@@ -226,7 +226,7 @@ def assert_reproducible(
         TorchReproError: ``fn`` cannot be sent to another process, a run raised (its
             traceback is in the message), or a result cannot be compared.
 
-    Example:
+    Examples:
         >>> import functools
         >>> assert_reproducible(functools.partial(torch.rand, 2), runs=3, seed=11).shape
         torch.Size([2])

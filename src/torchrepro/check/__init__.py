@@ -6,7 +6,7 @@ the runs, :mod:`~torchrepro.check.report` holds what was found (:class:`CheckRep
 :mod:`~torchrepro.check.plot` draws it. None of them imports torch: the launching process
 only starts runs and reads their JSON records.
 
-Example:
+Examples:
     >>> report = CheckReport(IDENTICAL, ["python", "train.py"], 3, [], steps_compared=5)
     >>> report.exit_code
     <ExitCode.OK: 0>

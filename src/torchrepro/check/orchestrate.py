@@ -111,7 +111,7 @@ def check_command(
             command cannot be started.
         RecordError: A run's record is corrupt, or the runs' records are not comparable.
 
-    Example:
+    Examples:
         >>> _ = Path("train.py").write_text(
         ...     "import torch\\n"
         ...     "model = torch.nn.Linear(2, 1)\\n"
@@ -293,7 +293,7 @@ def check_output_path(path: str | os.PathLike[str], option: str) -> None:
     Raises:
         CheckError: Its folder does not exist or is not writable, or it is a folder.
 
-    Example:
+    Examples:
         >>> check_output_path("/nonexistent/dir/report.json", "--json")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -460,7 +460,7 @@ def check_reproducible(
     the folder of its module is put on the runs' ``PYTHONPATH``. Options are those of
     :func:`check_command`.
 
-    Example:
+    Examples:
         >>> _ = Path("tiny.py").write_text(
         ...     "import torch\\n"
         ...     "def train():\\n"

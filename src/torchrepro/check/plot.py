@@ -17,7 +17,7 @@ def plot(report: CheckReport, path: Path) -> None:
     Raises:
         CheckError: matplotlib is not installed.
 
-    Example:
+    Examples:
         >>> report = CheckReport("diverged", ["python", "train.py"], 3, [])
         >>> report.series = {"1-2": {"differing": [0, 0, 4], "gap": [0.0, 0.0, 1e-7],
         ...                          "log": [{}, {}, {"loss": 0.1}]}}

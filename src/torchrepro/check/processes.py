@@ -1,7 +1,7 @@
 """Stopping what ``torchrepro check`` started: a run's whole process group, on a signal to
 check too, and what a failed run last said.
 
-Example:
+Examples:
     >>> import subprocess
     >>> sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
     ...                            start_new_session=True)

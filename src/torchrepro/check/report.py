@@ -1,6 +1,6 @@
 """What ``torchrepro check`` found: the verdict, each run, the first divergence and why.
 
-Example:
+Examples:
     >>> runs = [RunOutcome(1, "run1.jsonl", steps=2), RunOutcome(2, "run2.jsonl", steps=2)]
     >>> report = CheckReport(IDENTICAL, ["python", "train.py"], 3, runs, steps_compared=2)
     >>> print(report.render())
@@ -71,7 +71,7 @@ def command_words(argv: Sequence[str], width: int = 80) -> str:
 
     Paths are cut to their last part; a line longer than ``width`` ends in "...".
 
-    Example:
+    Examples:
         >>> command_words(["/venv/bin/python", "/home/me/train.py", "--lr", "0.1"])
         'python train.py --lr 0.1'
     """
@@ -108,7 +108,7 @@ class Divergence:
     when the finding is a training process that ran in one run and not in the other: run
     ``missing_in`` has no process like training process ``process`` of the other run.
 
-    Example:
+    Examples:
         >>> d = Divergence(1, 2, entry=3, step=3, optimizer=0, keys=("grads.fc.weight",))
         >>> d.section, d.describe()
         ('grads', 'gradients of fc.weight')

@@ -6,7 +6,7 @@ workers and torchrun's ranks too), with its records read live through
 command. The training processes of two runs are paired by command line, then by order of
 start (:class:`Pair`), and each pair is compared entry by entry as its records grow.
 
-Example:
+Examples:
     >>> session = Session([sys.executable, "-c", "pass"], Path("."), dict(os.environ), 60, None)
     >>> run = session.start(1)
     >>> session.watch([run], None, None)  # it never steps: nothing compared, nothing failed

@@ -11,7 +11,7 @@ settings of the runs, into a diagnosis category and the "likely causes" lines bo
 print; :func:`diff_records` (:mod:`~torchrepro.compare.diff`) compares two record files.
 Nothing here imports torch.
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> with torchrepro.record("run.jsonl"):

@@ -7,7 +7,7 @@ difference in what the training computed (:mod:`~torchrepro.compare.entries`);
 the RNG states), and :func:`diagnose` turns the same evidence into the "likely causes"
 lines, each saying what it rests on.
 
-Example:
+Examples:
     >>> from torchrepro.compare import environment_differences
     >>> envs = [{"threads": {"intra_op": 4}}, {"threads": {"intra_op": 8}}]
     >>> for cause in diagnose(["grads.fc.weight"], step=3,
@@ -108,7 +108,7 @@ class Diagnosis:
     def render(self, indent: str = "") -> list[str]:
         """The diagnosis lines of a report.
 
-        Example:
+        Examples:
             >>> found = Diagnosis(DATA, 0, None, None, None, "the batch differs at step 0",
             ...                   "look at data order and augmentation")
             >>> print("\\n".join(found.render()))
@@ -189,7 +189,7 @@ def classify(
         localization: Where a replay found the first differing op, if one ran.
         rng: The RNG sources whose states differ (:func:`~torchrepro.compare.rng_differences`).
 
-    Example:
+    Examples:
         >>> clock = RngDifference("torch", entry=1, step=1, drew=(True, True), steps=3)
         >>> found = classify(["params.fc.weight"], step=2, entry=2, rng=[clock])
         >>> found.category, found.step
@@ -320,7 +320,7 @@ def diagnose(
             manifests (unknown without them).
         rng, step, rank, entry, first: As for :func:`classify`.
 
-    Example:
+    Examples:
         >>> diagnose(["batch[0] 4x8 float32"], step=0)[0]
         'the input batch (batch 4x8 float32) differs at step 0, before the model sees it: look at data order and augmentation'
         >>> where = Localization("op", "aten.mm.default", "fc", "forward", index=3)
@@ -407,7 +407,7 @@ _ADVICE = {
 def render_causes(causes: Sequence[str], indent: str = "") -> list[str]:
     """The "likely causes" lines of a report.
 
-    Example:
+    Examples:
         >>> print("\\n".join(render_causes(["one", "two"])))
         likely causes: one
                        two

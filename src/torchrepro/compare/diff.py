@@ -1,6 +1,6 @@
 """``torchrepro diff``: two record files compared, environment first, then the first step.
 
-Example:
+Examples:
     >>> for name, lr in (("a.jsonl", 0.1), ("b.jsonl", 0.2)):  # the same training, two lrs
     ...     _ = torch.manual_seed(0); model = torch.nn.Linear(2, 1)
     ...     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -203,7 +203,7 @@ class RecordDiff:
 def render_growth(growth: Sequence[float], first_step: int | None, indent: str = "  ") -> list[str]:
     """The line saying how a gap grows, from :func:`~torchrepro.compare.sizes.gap_series`.
 
-    Example:
+    Examples:
         >>> render_growth([1e-8, 1e-6, 1e-4], 2)
         ['  growth: the largest relative gap of a parameter goes from 1e-08 at step 2 to 1e-04 at step 4 (x1e+04 in 2 steps)']
     """  # noqa: E501
@@ -251,7 +251,7 @@ def diff_records(
     Raises:
         RecordError: if a file cannot be read as a record.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> with torchrepro.record("a.jsonl"):

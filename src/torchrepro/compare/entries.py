@@ -5,7 +5,7 @@ gradients, parameters, or the steps themselves. RNG states are no part of it: a 
 that differs changes nothing computed until the training draws from it, and then what it
 drew shows in those values. :mod:`~torchrepro.compare.rng` compares them, as evidence.
 
-Example:
+Examples:
     >>> a = {"step": 3, "optimizer": 0, "batch": [{"batch[0] 4x2 float32": "b0"}],
     ...      "params": {"w": "aa"}}
     >>> found = compare_entries(a, {**a, "batch": [{"batch[0] 4x2 float32": "b1"}],
@@ -109,7 +109,7 @@ def compare_entries(
     Raises:
         RecordError: The entries were digested with different algorithms: not comparable.
 
-    Example:
+    Examples:
         >>> a = {"step": 3, "optimizer": 0, "params": {"w": "aa", "b": "bb"}}
         >>> compare_entries(a, dict(a)) is None
         True
@@ -141,7 +141,7 @@ def describe_difference(keys: Sequence[str]) -> str:
     A batch's tensor is named by its label (structure path, shape, dtype), and by the
     batch's place in the step when it is not the step's first (a micro-batch).
 
-    Example:
+    Examples:
         >>> describe_difference(["grads.fc.weight", "grads.fc.bias"])
         'gradients of fc.weight (+1 more)'
         >>> describe_difference(['batch[0]["input_ids"] 16x16 int64'])

@@ -4,7 +4,7 @@ Each key of the environment manifest (:mod:`torchrepro.env`) comes with a note o
 can change a training's result (determinism settings with those of :mod:`torchrepro._flags`);
 ``torchrepro diff`` and ``torchrepro check`` print the same notes.
 
-Example:
+Examples:
     >>> (d,) = environment_differences({"threads": {"intra_op": 4}}, {"threads": {"intra_op": 8}})
     >>> d.key, d.note
     ('threads.intra_op', 'thread count: parallel reductions split work differently.')
@@ -69,7 +69,7 @@ def _note(key: str) -> str:
 def flatten(manifest: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A manifest as ``{"dotted.key": value}``, the form diffs are made and printed in.
 
-    Example:
+    Examples:
         >>> flatten({"threads": {"intra_op": 4}, "gpu": None})
         {'threads.intra_op': 4, 'gpu': None}
     """
@@ -97,7 +97,7 @@ def environment_differences(
 ) -> tuple[EnvDifference, ...]:
     """The values that differ between two environment manifests, each with why it matters.
 
-    Example:
+    Examples:
         >>> (d,) = environment_differences({"cpu": {"count": 4}}, {"cpu": {"count": 8}})
         >>> d.key, d.a, d.b, d.note
         ('cpu.count', 4, 8, 'CPU count: default thread count and reduction split can follow it.')

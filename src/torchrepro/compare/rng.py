@@ -7,7 +7,7 @@ on whether the training draws from that source: one whose digest stays the same 
 to step, in both runs, was never drawn from over those steps and cannot have changed
 anything they computed.
 
-Example:
+Examples:
     >>> a = [{"step": s, "rng": {"torch": "t", "numpy": "n1"}} for s in range(3)]
     >>> b = [{"step": s, "rng": {"torch": "t", "numpy": "n2"}} for s in range(3)]
     >>> (found,) = rng_differences(a, b)
@@ -42,7 +42,7 @@ _WORDS = {
 def source_words(name: str) -> str:
     """An RNG source of the record's ``rng`` section, in words.
 
-    Example:
+    Examples:
         >>> source_words("numpy"), source_words("generator:augment")
         ("numpy's global RNG", "the registered generator 'augment'")
     """
@@ -78,7 +78,7 @@ class RngDifference:
     def drawn(self) -> bool | None:
         """Whether the training drew from it in either run; None when that cannot be told.
 
-        Example:
+        Examples:
             >>> RngDifference("numpy", 0, 0, drew=(False, True)).drawn
             True
         """
@@ -89,7 +89,7 @@ class RngDifference:
     def describe(self, runs: tuple[str, str] = ("run A", "run B")) -> str:
         """The difference and what the record shows about the draws, in words.
 
-        Example:
+        Examples:
             >>> found = RngDifference("torch", 2, 2, drew=(False, True))
             >>> print(found.describe(("run 1", "run 2")))  # doctest: +NORMALIZE_WHITESPACE
             torch's CPU generator differs between the runs from step 2; run 2 drew from it
@@ -145,7 +145,7 @@ def rng_differences(
         skip: Entries of ``a`` to pass over (``b`` is a resumed process counting from there).
         count: Compare at most this many entries (those the verdict compared).
 
-    Example:
+    Examples:
         >>> a = [{"step": 0, "rng": {"torch": "t0"}}, {"step": 1, "rng": {"torch": "t1"}}]
         >>> b = [{"step": 0, "rng": {"torch": "t0"}}, {"step": 1, "rng": {"torch": "x1"}}]
         >>> rng_differences(a, b)

@@ -5,7 +5,7 @@ Each float tensor of an entry has ``[sum |x|, L2, max |x|]``
 statistics that differ by at most ``|d|``'s own norms, so a gap between statistics is a
 *lower bound* on how far the tensors are apart: what is reported is said to be that.
 
-Example:
+Examples:
     >>> a = {"step": 0, "params": {"w": "aa"}, "stats": {"params": [[4.0, 2.0, 1.0]]}}
     >>> b = {"step": 0, "params": {"w": "ab"}, "stats": {"params": [[4.0, 2.0002, 1.0]]}}
     >>> print(entry_gap(a, b, ["params.w"]).describe())
@@ -95,7 +95,7 @@ def params_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
 
     Entries merged from several ranks (``"ranks"``) give the largest over the ranks.
 
-    Example:
+    Examples:
         >>> e = lambda l2: {"params": {"w": "x"}, "stats": {"params": [[1.0, l2, 1.0]]}}
         >>> params_gap(e(1.0), e(1.1))
         0.09090909090909098
@@ -114,7 +114,7 @@ def gap_series(
 
     How a difference grows step by step: what ``check --plot`` draws and diff reports.
 
-    Example:
+    Examples:
         >>> e = lambda l2: {"params": {"w": "x"}, "stats": {"params": [[1.0, l2, 1.0]]}}
         >>> gap_series([e(1.0), e(1.0)], [e(1.0), e(1.1)])
         [0.0, 0.09090909090909098]
@@ -135,7 +135,7 @@ def outside_tolerance(
     (not elementwise: within tolerance is not identical); anything else (a batch, an RNG
     state, a tensor without sizes) only bitwise, so it is outside whenever it differs.
 
-    Example:
+    Examples:
         >>> a = {"params": {"w": "a"}, "stats": {"params": [[4.0, 2.0, 1.0]]}, "log": {"l": 0.5}}
         >>> b = {"params": {"w": "b"}, "stats": {"params": [[4.0, 2.0002, 1.0]]}, "log": {"l": 0.6}}
         >>> outside_tolerance(a, b, ["params.w", "log.l"], rtol=1e-3, atol=0.0)

@@ -24,7 +24,7 @@ Its modules, each importing only those listed before it:
 - :mod:`~torchrepro.data.loaders`: the DataLoader hooks and the tracked loaders' positions.
 - :mod:`~torchrepro.data.per_sample`: ``sample_rng`` and ``seed_per_sample``.
 
-Example:
+Examples:
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> def order():
     ...     torchrepro.seed_everything(11)

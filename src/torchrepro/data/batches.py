@@ -27,7 +27,7 @@ next epoch's stream).
 This module is imported by spawned workers: it imports nothing of torchrepro but what
 seeding needs.
 
-Example:
+Examples:
     >>> from torch.utils.data import DataLoader, Dataset
     >>> class Noisy(Dataset):
     ...     def __len__(self):
@@ -62,7 +62,7 @@ _installed = False
 def epoch_stream(root: int, rank: int, epoch: int) -> int:
     """The stream of one epoch of a loader on one rank.
 
-    Example:
+    Examples:
         >>> epoch_stream(11, 0, 0) != epoch_stream(11, 0, 1)
         True
     """
@@ -72,7 +72,7 @@ def epoch_stream(root: int, rank: int, epoch: int) -> int:
 def batch_seed(stream: int, indices: object) -> int | None:
     """The seed a batch is loaded under; ``None`` when its indices are not ints.
 
-    Example:
+    Examples:
         >>> batch_seed(5, [3, 1, 2]) == batch_seed(5, [3, 1, 2]) != batch_seed(5, [1, 2, 3])
         True
         >>> batch_seed(5, [(3, "long")]) is None

@@ -269,7 +269,7 @@ def adopt_loader(loader: DataLoader[Any]) -> bool:
     resumable one, its generator and worker init function torchrepro's. Returns whether it
     was (or already is) seeded by torchrepro.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> configure_loaders(None)
         >>> loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, shuffle=True)
@@ -370,7 +370,7 @@ def configure_loaders(root: int | None) -> None:
     Called by ``seed_everything``; installs the DataLoader hooks on first use. The hooks
     keep PyTorch's signature, for the frameworks that re-create loaders from it.
 
-    Example:
+    Examples:
         >>> import inspect
         >>> from torch.utils.data import DataLoader
         >>> configure_loaders(11)
@@ -439,7 +439,7 @@ def loader_positions(consumed: Mapping[DataLoader[Any], int] | None = None) -> l
             training has used; the position is taken from it instead of the batches the
             loader handed out. As many as the loader's length means the epoch is done.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> torchrepro.seed_everything(11)
         11
@@ -512,7 +512,7 @@ def apply_positions(positions: list[LoaderPosition]) -> None:
 
     Loaders not created yet take their position when they are created.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> def loader():
         ...     return DataLoader(TensorDataset(torch.arange(8)), batch_size=2, shuffle=True)

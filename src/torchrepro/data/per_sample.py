@@ -33,7 +33,7 @@ def sample_seed(index: int) -> int:
     Raises:
         SeedError: ``index`` is negative, or no root seed is set.
 
-    Example:
+    Examples:
         >>> torchrepro.seed_everything(11)
         11
         >>> sample_seed(3)
@@ -60,7 +60,7 @@ def sample_rng(index: int) -> Iterator[int]:
     Yields:
         The sample's seed.
 
-    Example:
+    Examples:
         >>> class Noisy(Dataset):
         ...     def __len__(self):
         ...         return 8
@@ -103,7 +103,7 @@ def seed_per_sample(dataset: Dataset[_T]) -> Dataset[_T]:
     Equivalent to putting ``with sample_rng(index):`` around the dataset's
     ``__getitem__``. The wrapped dataset is available as ``.dataset``.
 
-    Example:
+    Examples:
         >>> class Noisy(Dataset):
         ...     def __len__(self):
         ...         return 8

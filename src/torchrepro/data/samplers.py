@@ -31,7 +31,7 @@ class SampleIndex(int):
     (indexing lists, tensors, arrays) and survive pickling to worker processes.
     :func:`torchrepro.sample_rng` reads ``stream`` to seed the sample.
 
-    Example:
+    Examples:
         >>> index = SampleIndex(7, stream=123)
         >>> [10, 11, 12, 13, 14, 15, 16, 17][index], index.stream
         (17, 123)
@@ -111,7 +111,7 @@ class ResumableRandomSampler(ResumableSampler, RandomSampler):
         batch_size: Samples per batch, to convert a batch position into a sample offset.
         generator: The loader's generator, kept as the ``generator`` attribute.
 
-    Example:
+    Examples:
         >>> sampler = ResumableRandomSampler(range(10), seed=11, batch_size=2)
         >>> sampler.order(1)
         [8, 7, 6, 4, 3, 1, 2, 5, 0, 9]
@@ -146,7 +146,7 @@ class ResumableSequentialSampler(ResumableSampler, SequentialSampler):
         key: Keys distinguishing this sampler from others of the same seed.
         batch_size: Samples per batch, to convert a batch position into a sample offset.
 
-    Example:
+    Examples:
         >>> sampler = ResumableSequentialSampler(range(5), seed=11, batch_size=2)
         >>> sampler.set_position(epoch=0, batch=1)
         >>> [int(index) for index in sampler], isinstance(sampler, SequentialSampler)
@@ -173,7 +173,7 @@ def resumable_sampler(
 ) -> ResumableSampler:
     """The resumable sampler standing for the one PyTorch makes for ``shuffle``.
 
-    Example:
+    Examples:
         >>> type(resumable_sampler(range(4), shuffle=False, seed=1)).__name__
         'ResumableSequentialSampler'
     """
@@ -200,7 +200,7 @@ class ResumableDistributedSampler(DistributedSampler[Any]):
         sampler: The ``DistributedSampler`` the user passed to the DataLoader.
         batch_size: Samples per batch, to convert a batch position into a sample offset.
 
-    Example:
+    Examples:
         >>> inner = DistributedSampler(range(10), num_replicas=2, rank=0, seed=5)
         >>> sampler = ResumableDistributedSampler(inner, batch_size=2)
         >>> sampler.set_position(epoch=0, batch=1)

@@ -43,7 +43,7 @@ def seed_worker(worker_id: int, rank: int = 0, seed: SeedLike | None = None) -> 
     Returns:
         The seed the worker was seeded with.
 
-    Example:
+    Examples:
         >>> import functools
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> init = functools.partial(seed_worker, rank=0, seed=11)
@@ -67,7 +67,7 @@ def worker_init_fn(worker_id: int) -> None:
     """A ``worker_init_fn`` for direct use: root seed from ``TORCHREPRO_SEED``, rank from the
     environment.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> torchrepro.seed_everything(11, workers=False)  # exports TORCHREPRO_SEED
         11

@@ -18,7 +18,7 @@ def plot(report_setups: Sequence[SetupResult], path: Path) -> str | None:
     matplotlib is optional (``pip install 'torchrepro[plot]'``); without it nothing is
     written and the reason is returned.
 
-    Example:
+    Examples:
         >>> from torchrepro.demo.report import Run
         >>> run = Run("torchrepro", 1, (0.5, 0.6), (1.1, 1.0), "d", ("a", "b"), 1.0)
         >>> plot([SetupResult("torchrepro", "3 torchrepro", (run, run))], Path(PNG_NAME))

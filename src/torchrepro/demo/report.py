@@ -1,6 +1,6 @@
 """What the demo's runs measured, compared: per run, per setup, and the report it prints.
 
-Example:
+Examples:
     >>> runs = tuple(
     ...     Run("none", i, (0.5, acc), (1.2, 1.0), digest, ("a", "b"), 1.0)
     ...     for i, acc, digest in ((1, 0.6, "d1"), (2, 0.7, "d2"))
@@ -186,7 +186,7 @@ def verdict(report: DemoReport) -> str:
     The demo compares the final parameters of setup 3's two runs itself; ``torchrepro
     check`` then runs setup 3 twice more, side by side, and compares every optimizer step.
 
-    Example:
+    Examples:
         >>> run = Run("torchrepro", 1, (0.6,), (1.0,), "4b960946791ac117" * 4, ("a",), 1.0)
         >>> setups = (SetupResult("torchrepro", "3 torchrepro", (run, run)),)
         >>> print(verdict(DemoReport(Scale(1, 64, 32), setups, 1.0, None, "no plot")))

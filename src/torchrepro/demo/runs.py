@@ -80,7 +80,7 @@ def check_setup(scale: Scale, max_steps: int | None = CHECK_STEPS) -> CheckRepor
 def repeat_command(scale: Scale, max_steps: int | None = CHECK_STEPS) -> str:
     """The command line that repeats ``check_setup(scale, max_steps)``, for a user to paste.
 
-    Example:
+    Examples:
         >>> options, command = repeat_command(Scale.of(quick=True)).split(" -- ")
         >>> options
         'torchrepro check --seed 11 --max-steps 120'
@@ -156,7 +156,7 @@ def run_demo(
     Raises:
         DemoRunError: A training process failed.
 
-    Example:
+    Examples:
         >>> import io
         >>> report = run_demo(Scale(epochs=1, train=64, test=32), progress=io.StringIO())
         >>> report.setup("torchrepro").identical, report.setup("recipe").workers_distinct

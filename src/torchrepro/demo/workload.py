@@ -60,7 +60,7 @@ class Scale:
     def of(cls, quick: bool, epochs: int | None = None) -> Scale:
         """The full demo's scale, or ``--quick``'s; ``epochs`` overrides either's.
 
-        Example:
+        Examples:
             >>> Scale.of(quick=True)
             Scale(epochs=2, train=512, test=256)
             >>> Scale.of(quick=False, epochs=3)
@@ -81,7 +81,7 @@ def render_shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     every call, whatever the global RNGs hold. Small discs and squares, rings and frames
     look alike under the noise, which keeps the task from being solved outright.
 
-    Example:
+    Examples:
         >>> images, labels = render_shapes(12, seed=0)
         >>> images.shape, sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
         (torch.Size([12, 1, 20, 20]), True)
@@ -145,7 +145,7 @@ class AugmentedShapes(Dataset[Sample]):
     draws (shift x and y, flip from Python ``random``; gain from numpy; the first noise
     value from torch), from which the demo tells whether workers' streams are distinct.
 
-    Example:
+    Examples:
         >>> image, label, worker, draws = AugmentedShapes(6)[0]
         >>> image.shape, worker, draws.shape
         (torch.Size([1, 20, 20]), -1, torch.Size([5]))
@@ -177,7 +177,7 @@ class AugmentedShapes(Dataset[Sample]):
 def make_model() -> nn.Module:
     """The small CNN the demo trains (two conv blocks, dropout, a linear head).
 
-    Example:
+    Examples:
         >>> make_model()(torch.zeros(4, 1, SIZE, SIZE)).shape
         torch.Size([4, 6])
     """
@@ -213,7 +213,7 @@ def recipe_worker_init_fn(worker_id: int, rank: int, seed: int) -> None:
 
     ``worker_id`` is unused, so every worker gets the same seed, and the same draws:
 
-    Example:
+    Examples:
         >>> recipe_worker_init_fn(0, rank=0, seed=11)
         >>> first = random.random()
         >>> recipe_worker_init_fn(1, rank=0, seed=11)
@@ -236,7 +236,7 @@ def _digest(data: bytes) -> str:
 def parameter_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer of ``model``, bit for bit.
 
-    Example:
+    Examples:
         >>> model = make_model()
         >>> digest = parameter_digest(model)
         >>> len(digest), digest == parameter_digest(model)

@@ -23,7 +23,7 @@ result up to float rounding.
 Covers only calls made through the module attributes at call time: code that bound
 `from torch.nn.functional import interpolate` before patching keeps the native op.
 
-Example:
+Examples:
     >>> from torchrepro import detops
     >>> with detops.deterministic_ops(force=True):
     ...     y = torch.nn.functional.adaptive_avg_pool1d(torch.arange(4.0).view(1, 1, 4), 2)

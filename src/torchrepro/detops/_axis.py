@@ -21,7 +21,7 @@ def matrix(
 ) -> torch.Tensor:
     """The constant matrix `kind` ("adaptive", "avg", "linear", "cubic", "upper") for `args`.
 
-    Example:
+    Examples:
         >>> matrix("upper", (3,), torch.float32, torch.device("cpu")).tolist()
         [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]
     """
@@ -44,7 +44,7 @@ def matrix(
 def index_map(kind: str, args: tuple[Any, ...], device: torch.device) -> torch.Tensor:
     """The constant source index `kind` ("nearest", "reflect", "replicate", "circular").
 
-    Example:
+    Examples:
         >>> index_map("reflect", (3, 2, 1), torch.device("cpu")).tolist()
         [2, 1, 0, 1, 2, 1]
     """
@@ -61,7 +61,7 @@ def index_map(kind: str, args: tuple[Any, ...], device: torch.device) -> torch.T
 def apply_axis(x: torch.Tensor, axis: int, m: torch.Tensor) -> torch.Tensor:
     """Apply the (new, old) matrix `m` along negative axis `axis` of `x`.
 
-    Example:
+    Examples:
         >>> apply_axis(torch.ones(2, 3), -1, torch.ones(1, 3)).tolist()
         [[3.0], [3.0]]
     """
@@ -92,7 +92,7 @@ class _SelectAlong(torch.autograd.Function):
 def select_along(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
     """`x.index_select(axis, index)`, with gradients summed by a one-hot matrix product.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> select_along(x, -1, torch.tensor([0, 0, 1])).sum().backward()
         >>> x.grad.tolist()
@@ -104,7 +104,7 @@ def select_along(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tenso
 def spatial_sizes(x: torch.Tensor, size: Size, rank: int, what: str) -> list[int]:
     """The `rank` output sizes that `size` asks `what` for (None keeps an input size).
 
-    Example:
+    Examples:
         >>> spatial_sizes(torch.ones(1, 2, 6, 5), (None, 3), 2, "adaptive_avg_pool2d")
         [6, 3]
     """

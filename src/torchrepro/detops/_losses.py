@@ -30,7 +30,7 @@ def nll_loss(
     one term is not zero), so no atomic add is needed forward or backward. Like the native
     kernel it raises on a target out of range; that check reads one flag back to the host.
 
-    Example:
+    Examples:
         >>> logp = torch.log_softmax(torch.zeros(2, 4), 1)
         >>> round(nll_loss(logp, torch.tensor([1, 3])).item(), 4)
         1.3863
@@ -81,7 +81,7 @@ def cross_entropy(
     `log_softmax` followed by the deterministic `nll_loss`, with label smoothing computed as
     ATen's `cross_entropy_loss_label_smoothing` does.
 
-    Example:
+    Examples:
         >>> round(cross_entropy(torch.zeros(2, 4), torch.tensor([1, 3])).item(), 4)
         1.3863
     """

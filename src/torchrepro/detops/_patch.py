@@ -308,7 +308,7 @@ def patch_nondeterministic_ops(*, force: bool = False) -> list[str]:
     Returns:
         The qualified names of the patched entry points.
 
-    Example:
+    Examples:
         >>> names = patch_nondeterministic_ops()
         >>> "torch.nn.functional.interpolate" in names
         True
@@ -336,7 +336,7 @@ def unpatch_nondeterministic_ops() -> list[str]:
     Returns:
         The qualified names of the restored entry points ([] if nothing was patched).
 
-    Example:
+    Examples:
         >>> _ = patch_nondeterministic_ops()
         >>> len(unpatch_nondeterministic_ops()) > 0, unpatch_nondeterministic_ops()
         (True, [])
@@ -366,7 +366,7 @@ def unpatch_nondeterministic_ops() -> list[str]:
 def forced() -> bool:
     """Whether the patch routes every supported call, on any device (``force=True``).
 
-    Example:
+    Examples:
         >>> with deterministic_ops(force=True):
         ...     forced()
         True
@@ -379,7 +379,7 @@ def forced() -> bool:
 def patched_ops() -> list[str]:
     """Qualified names of the entry points patched now ([] when not patched).
 
-    Example:
+    Examples:
         >>> patched_ops()
         []
     """
@@ -393,7 +393,7 @@ def deterministic_ops(*, force: bool = False) -> Iterator[list[str]]:
     On exit it restores exactly what it found: still patched (with the previous `force`) if
     it was patched on entry, unpatched otherwise.
 
-    Example:
+    Examples:
         >>> with deterministic_ops(force=True):
         ...     y = torch.cumsum(torch.ones(3), 0)   # runs the replacement on the CPU
         >>> y.tolist(), patched_ops()
@@ -418,7 +418,7 @@ def served() -> Iterator[list[str]]:
 
     `torchrepro doctor` reports with it which replacement ran an op.
 
-    Example:
+    Examples:
         >>> with deterministic_ops(force=True), served() as names:
         ...     _ = torch.cumsum(torch.ones(3), 0)
         >>> names

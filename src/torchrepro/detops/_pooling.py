@@ -13,7 +13,7 @@ from torchrepro.errors import ReplacementError
 def adaptive_avg_pool_nd(x: torch.Tensor, output_size: Size, rank: int) -> torch.Tensor:
     """Adaptive average pooling over the last `rank` axes (also interpolate's "area" mode).
 
-    Example:
+    Examples:
         >>> adaptive_avg_pool_nd(torch.arange(4.0).view(1, 1, 4), 2, 1).tolist()
         [[[0.5, 2.5]]]
     """
@@ -28,7 +28,7 @@ def adaptive_avg_pool_nd(x: torch.Tensor, output_size: Size, rank: int) -> torch
 def adaptive_avg_pool1d(input: torch.Tensor, output_size: Size) -> torch.Tensor:
     """Deterministic `torch.nn.functional.adaptive_avg_pool1d` (a product with a constant matrix).
 
-    Example:
+    Examples:
         >>> adaptive_avg_pool1d(torch.arange(6.0).view(1, 1, 6), 3).tolist()
         [[[0.5, 2.5, 4.5]]]
     """
@@ -38,7 +38,7 @@ def adaptive_avg_pool1d(input: torch.Tensor, output_size: Size) -> torch.Tensor:
 def adaptive_avg_pool2d(input: torch.Tensor, output_size: Size) -> torch.Tensor:
     """Deterministic `torch.nn.functional.adaptive_avg_pool2d`: `P_h @ x @ P_w.T`.
 
-    Example:
+    Examples:
         >>> x = torch.arange(16.0).view(1, 1, 4, 4)
         >>> adaptive_avg_pool2d(x, 2).tolist()
         [[[[2.5, 4.5], [10.5, 12.5]]]]
@@ -49,7 +49,7 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: Size) -> torch.Tensor:
 def adaptive_avg_pool3d(input: torch.Tensor, output_size: Size) -> torch.Tensor:
     """Deterministic `torch.nn.functional.adaptive_avg_pool3d` (one matrix per axis).
 
-    Example:
+    Examples:
         >>> adaptive_avg_pool3d(torch.ones(1, 1, 4, 4, 4), 1).tolist()
         [[[[[1.0]]]]]
     """
@@ -113,7 +113,7 @@ def avg_pool1d(
 ) -> torch.Tensor:
     """Deterministic `torch.nn.functional.avg_pool1d`.
 
-    Example:
+    Examples:
         >>> avg_pool1d(torch.arange(4.0).view(1, 1, 4), 2).tolist()
         [[[0.5, 2.5]]]
     """
@@ -131,7 +131,7 @@ def avg_pool2d(
 ) -> torch.Tensor:
     """Deterministic `torch.nn.functional.avg_pool2d`: the window divisor factors per axis.
 
-    Example:
+    Examples:
         >>> avg_pool2d(torch.ones(1, 1, 4, 4), 2, padding=1, count_include_pad=False).shape
         torch.Size([1, 1, 3, 3])
     """
@@ -151,7 +151,7 @@ def avg_pool3d(
 ) -> torch.Tensor:
     """Deterministic `torch.nn.functional.avg_pool3d`.
 
-    Example:
+    Examples:
         >>> avg_pool3d(torch.ones(1, 1, 4, 4, 4), 2).shape
         torch.Size([1, 1, 2, 2, 2])
     """

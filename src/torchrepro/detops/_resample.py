@@ -47,7 +47,7 @@ def interpolate(
     Linear and cubic modes are products with constant per-axis matrices; nearest modes select
     rows in the forward pass and sum gradients with a one-hot matrix product.
 
-    Example:
+    Examples:
         >>> interpolate(torch.tensor([[[0.0, 1.0]]]), scale_factor=2, mode="linear").tolist()
         [[[0.0, 0.25, 0.75, 1.0]]]
     """
@@ -110,7 +110,7 @@ def pad(
     The forward pass selects rows (exact); the backward pass sums gradients with a one-hot
     matrix product instead of atomic adds.
 
-    Example:
+    Examples:
         >>> pad(torch.tensor([[[1.0, 2.0, 3.0]]]), (2, 1), mode="reflect").tolist()
         [[[3.0, 2.0, 1.0, 2.0, 3.0, 2.0]]]
     """

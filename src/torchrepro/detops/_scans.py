@@ -37,7 +37,7 @@ def cumsum(input: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -
     A blocked scan of matrix products; the sums are grouped differently from the native
     sequential scan, so results agree up to float rounding.
 
-    Example:
+    Examples:
         >>> cumsum(torch.tensor([1.0, 2.0, 3.0]), 0).tolist()
         [1.0, 3.0, 6.0]
     """
@@ -81,7 +81,7 @@ def bincount(
 ) -> torch.Tensor:
     """Deterministic `torch.bincount`, with or without weights.
 
-    Example:
+    Examples:
         >>> bincount(torch.tensor([0, 2, 2]), torch.tensor([0.5, 1.0, 2.0])).tolist()
         [0.5, 0.0, 3.0]
     """
@@ -115,7 +115,7 @@ def bincount(
 def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0) -> torch.Tensor:
     """Deterministic `torch.histc`: bin indices as ATen computes them, counted after a sort.
 
-    Example:
+    Examples:
         >>> histc(torch.tensor([1.0, 2.0, 1.0]), bins=4, min=0, max=3).tolist()
         [0.0, 2.0, 1.0, 0.0]
     """
@@ -161,7 +161,7 @@ def scatter_reduce(
     scan; gradients flow through the same ops. ('amax' and 'amin' are deterministic in
     PyTorch already.)
 
-    Example:
+    Examples:
         >>> x = torch.ones(3)
         >>> scatter_reduce(x, 0, torch.tensor([0, 0, 2]), torch.tensor([2.0, 3.0, 4.0]), "prod")
         tensor([6., 1., 4.])

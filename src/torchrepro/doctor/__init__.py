@@ -12,10 +12,11 @@ torchrepro's level runs in processes started with the variables torchrepro sets
 (``CUBLAS_WORKSPACE_CONFIG``, read by cuBLAS only when it starts); the other levels with
 the environment as it is.
 
-Example:
+Examples:
     >>> report = run_doctor("cpu", quick=True, only=["cumsum"], self_test=False)
-    >>> [(e["level"], e["within"], e["across"]) for e in report.entries][:2]
-    [('defaults', True, True), ('recipe', True, True)]
+    >>> first, second = report.entries[:2]
+    >>> (first["level"], first["within"], first["across"]), second["level"]
+    (('defaults', True, True), 'recipe')
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def measure(
 
     The levels' switches are put back as they were afterwards.
 
-    Example:
+    Examples:
         >>> from torchrepro.doctor.probes import select_probes
         >>> [probe] = select_probes(["cumsum"])
         >>> [r["within"] for r in measure(probe, torch.device("cpu"), LEVELS[:2], repeats=2,

@@ -11,7 +11,7 @@ segmentation head); `quick` shrinks them so every probe runs in milliseconds on 
 A probe of your own (``torchrepro doctor --probe module:function``, the function returning
 probes):
 
-Example:
+Examples:
     >>> import torch
     >>> def square(device, quick):
     ...     x = torch.arange(4.0, device=device)
@@ -421,7 +421,7 @@ def select_probes(names: Sequence[str] = (), specs: Sequence[str] = ()) -> list[
     Raises:
         DoctorError: a name is not a probe's, or two probes share one.
 
-    Example:
+    Examples:
         >>> [p.name for p in select_probes(["cumsum", "histc"])]
         ['cumsum', 'histc']
     """

@@ -22,7 +22,7 @@ FORMAT = "torchrepro-doctor/1"
 def passes(entry: dict[str, Any]) -> bool:
     """Whether an entry ran, repeated within its process and repeated across two processes.
 
-    Example:
+    Examples:
         >>> passes({"available": True, "raised": False, "within": True, "across": True})
         True
         >>> passes({"available": True, "raised": False, "within": True, "across": None})
@@ -101,7 +101,7 @@ def recommend(
     `model_cost`: per level the model's measured ``ms`` per step, which the cost is then
     taken from instead of the probes' times.
 
-    Example:
+    Examples:
         >>> ok = {"available": True, "raised": False, "within": True, "across": True}
         >>> entries = [{"probe": "cumsum", "level": "defaults", **ok, "ms": 2.0},
         ...            {"probe": "cumsum", "level": "strict", **ok, "ms": 3.0}]

@@ -4,7 +4,7 @@ Each check returns a result: its name, whether it passed (None when it could not
 here) and what it saw. The fourth self-test, a short training recorded twice in two
 processes, is run by `torchrepro doctor` itself through `torchrepro check`.
 
-Example:
+Examples:
     >>> [r["ok"] for r in run(torch.device("cpu"))][:2]
     [True, True]
 """

@@ -15,7 +15,7 @@ batches after them. ``register(accelerator)``, called before ``accelerator.prepa
 torchrepro does not go through ``register_for_checkpointing``: accelerate reads those files
 with ``weights_only=False``, which runs any code a tampered file holds.
 
-Example:
+Examples:
     >>> from accelerate import Accelerator
     >>> from torchrepro.integrations.accelerate import register
     >>> register(Accelerator(cpu=True), seed=42)

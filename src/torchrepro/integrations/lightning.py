@@ -23,7 +23,7 @@ Under ``torchrepro check --resume-at K`` the callback stops the run after step K
 ``trainer.fit`` gets that checkpoint as ``ckpt_path``: the check goes through Lightning's
 own save and resume.
 
-Example:
+Examples:
     >>> import pytorch_lightning as pl
     >>> from torchrepro.integrations.lightning import TorchRepro
     >>> trainer = pl.Trainer(callbacks=[TorchRepro()], logger=False, enable_progress_bar=False)

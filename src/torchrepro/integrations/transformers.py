@@ -29,7 +29,7 @@ Under ``torchrepro check --resume-at K`` each run writes its checkpoints to its 
 ``resume_from_checkpoint=True`` (the latest checkpoint there): the check goes through
 Trainer's own save and resume.
 
-Example:
+Examples:
     >>> from transformers import TrainerCallback
     >>> from torchrepro.integrations.transformers import TorchReproCallback
     >>> isinstance(TorchReproCallback(), TrainerCallback)

@@ -19,7 +19,7 @@ the recorder (gathering the full tensors would all-gather every parameter at eve
 A record of a sharded training therefore compares only with one sharded the same way (same
 world size and placements); the shard shapes are part of the digests.
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> with torchrepro.records.record("run.jsonl"):

@@ -30,7 +30,7 @@ framework object made before its framework's module was imported into this proce
 recording (it holds nothing), keyword arguments of a call fed by hand (module hooks do not
 get them), values in a batch that are no tensors.
 
-Example:
+Examples:
     >>> from torch.utils.data import DataLoader
     >>> capture = BatchCapture(None)
     >>> model = torch.nn.Linear(2, 1)

@@ -42,7 +42,7 @@ LogValue = Union[int, float, bool, str, torch.Tensor]
 def tensors_in(obj: Any, out: list[torch.Tensor]) -> None:
     """Appends the tensors in ``obj`` (nested lists, tuples, mappings) to ``out``, in order.
 
-    Example:
+    Examples:
         >>> found: list[torch.Tensor] = []
         >>> tensors_in((torch.ones(1), {"mask": torch.zeros(2)}, "text"), found)
         >>> [t.shape[0] for t in found]
@@ -75,7 +75,7 @@ def labelled_tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
 
     A label is ``batch``, the tensor's path in the structure, its shape and its dtype.
 
-    Example:
+    Examples:
         >>> batch = {"input_ids": torch.zeros(16, 16, dtype=torch.int64), "n": 3}
         >>> [label for label, _ in labelled_tensors(batch)]
         ['batch["input_ids"] 16x16 int64']
@@ -96,7 +96,7 @@ def _shape(t: torch.Tensor) -> str:
 def digestible(t: torch.Tensor) -> bool:
     """Whether a tensor's values can be digested: plain (strided) memory that holds data.
 
-    Example:
+    Examples:
         >>> digestible(torch.ones(2)), digestible(torch.eye(2).to_sparse())
         (True, False)
     """
@@ -121,7 +121,7 @@ def _in_use(source: RNGSource) -> bool:
 def rng_digests() -> dict[str, str]:
     """Digests of every RNG source in use, by name, from its plain-data state.
 
-    Example:
+    Examples:
         >>> before = rng_digests()
         >>> _ = torch.rand(1)
         >>> [name for name, digest in rng_digests().items() if digest != before[name]]
@@ -137,7 +137,7 @@ def rng_digests() -> dict[str, str]:
 def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
     """The user's model inside a ``torch.compile`` wrapper (the module itself otherwise).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(2, 2)
         >>> unwrapped(model) is model
         True
@@ -181,7 +181,7 @@ def module_parameters(ran: Iterable[torch.nn.Module]) -> list[tuple[str, torch.n
     (``"encoder.0.weight"``), whichever order they ran in; a compiled model gives its
     plain model's names.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
         >>> [name for name, _ in module_parameters([model[0], model])]
         ['0.weight', '0.bias']
@@ -195,7 +195,7 @@ def parameter_names(optimizer: torch.optim.Optimizer, ran: Iterable[torch.nn.Mod
     Named as :func:`module_parameters` names them; a parameter of no module that ran is
     ``group{g}.{i}``.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2))
         >>> extra = torch.nn.Parameter(torch.zeros(1))
         >>> opt = torch.optim.SGD([*model.parameters(), extra], lr=0.1)
@@ -214,7 +214,7 @@ def parameter_names(optimizer: torch.optim.Optimizer, ran: Iterable[torch.nn.Mod
 def log_value(value: LogValue, algorithm: str | None) -> Any:
     """What the record holds for a logged value: numbers as numbers, larger tensors digested.
 
-    Example:
+    Examples:
         >>> log_value(torch.tensor(0.5), None), len(log_value(torch.zeros(3), None))
         (0.5, 32)
     """

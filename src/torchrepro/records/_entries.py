@@ -1,7 +1,7 @@
 """A record entry as the recorder builds it and writes it: the plan of the parameters it
 digests, the entry waiting for its digests, and its JSON line.
 
-Example:
+Examples:
     >>> plan = Plan(0, ["fc.weight"])
     >>> digests = _PendingDigests.of("xxh3_128", ["0" * 32])
     >>> pending = PendingEntry(3, 0, digests, plan.keys, 1, {}, [], {})

@@ -7,7 +7,7 @@ device by three fused ``_foreach_norm`` calls per device, and read back with the
 device run's entry is written at the next step, so this costs no extra synchronisation).
 Other tensors (integers, bools, freed storage) get ``None``.
 
-Example:
+Examples:
     >>> pending = PendingStats([torch.tensor([3.0, -4.0]), torch.tensor([1, 2])])
     >>> pending.values()
     [[7.0, 5.0, 4.0], None]

@@ -67,7 +67,7 @@ def this_process() -> dict[str, Any]:
     ``torchrepro check`` pairs the training processes of its runs by command line and by
     order of start.
 
-    Example:
+    Examples:
         >>> sorted(this_process()), this_process()["pid"] == os.getpid()
         (['argv', 'pid', 'started'], True)
     """
@@ -77,7 +77,7 @@ def this_process() -> dict[str, Any]:
 def process_argv() -> list[str]:
     """This process's command line, its interpreter and options included.
 
-    Example:
+    Examples:
         >>> process_argv()[0] == sys.orig_argv[0]
         True
     """
@@ -88,7 +88,7 @@ def process_argv() -> list[str]:
 def rank_path(path: str | os.PathLike[str], world_size: int, rank: int) -> Path:
     """The file a rank writes: ``path`` itself for one process, else ``stem.rank{r}.suffix``.
 
-    Example:
+    Examples:
         >>> str(rank_path("runs/a.jsonl", 4, 2))
         'runs/a.rank2.jsonl'
     """
@@ -103,7 +103,7 @@ def process_path(path: str | os.PathLike[str], order: int) -> Path:
 
     Order 0 is the first process of the run to claim a record (:func:`claim_record`).
 
-    Example:
+    Examples:
         >>> str(process_path("runs/a.jsonl", 0)), str(process_path("runs/a.jsonl", 2))
         ('runs/a.jsonl', 'runs/a.p2.jsonl')
     """
@@ -122,7 +122,7 @@ def claim_record(path: str | os.PathLike[str], world_size: int, rank: int) -> tu
     Returns:
         The file's path and the file, open for writing text.
 
-    Example:
+    Examples:
         >>> for world_size, rank in ((1, 0), (1, 0), (2, 1)):
         ...     path, file = claim_record("run.jsonl", world_size, rank)
         ...     file.close(); print(path)
@@ -151,7 +151,7 @@ def open_own_record(path: Path) -> IO[str]:
         RecordError: Another process holds the record open for writing.
         OSError: The file cannot be created or opened.
 
-    Example:
+    Examples:
         >>> first = open_own_record(Path("run.jsonl"))
         >>> open_own_record(Path("run.jsonl"))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -181,7 +181,7 @@ def incomplete_path(path: str | os.PathLike[str]) -> Path:
     A file of its own, not a line in the record: when the disk is full or the file too
     large, no more of the record can be written, but an empty file can usually be made.
 
-    Example:
+    Examples:
         >>> str(incomplete_path("runs/a.jsonl"))
         'runs/a.jsonl.incomplete'
     """
@@ -192,7 +192,7 @@ def incomplete_path(path: str | os.PathLike[str]) -> Path:
 def read_incomplete(path: str | os.PathLike[str]) -> str | None:
     """Why the record at ``path`` stopped early, if its recorder had to stop; else None.
 
-    Example:
+    Examples:
         >>> read_incomplete("run.jsonl") is None
         True
     """
@@ -213,7 +213,7 @@ def process_files(path: str | os.PathLike[str]) -> list[tuple[int, bool]]:
     or as one file per rank when ``ranked``. A process of one rank and a torchrun training
     may share an order: their names differ.
 
-    Example:
+    Examples:
         >>> for order, ranks in ((0, 1), (1, 1), (0, 2)):
         ...     for rank in range(ranks):
         ...         _ = rank_path(process_path("run.jsonl", order), ranks, rank).write_text("")
@@ -239,7 +239,7 @@ def process_files(path: str | os.PathLike[str]) -> list[tuple[int, bool]]:
 def rank_files(path: str | os.PathLike[str]) -> dict[int, Path]:
     """The per-rank files of a record asked for at ``path`` that exist now, by rank.
 
-    Example:
+    Examples:
         >>> for rank in (1, 0):
         ...     _ = rank_path("run.jsonl", 2, rank).write_text("")
         >>> rank_files("run.jsonl")

@@ -37,7 +37,7 @@ that ``torchrepro check`` runs claims one of its own (:mod:`torchrepro.records.f
 here imports torch: the launching process of
 ``torchrepro check`` reads records with it.
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> with torchrepro.record("run.jsonl"):
@@ -126,7 +126,7 @@ def header(
     ``process`` is :func:`~torchrepro.records.files.this_process` of the writer (its command
     line, pid, start time).
 
-    Example:
+    Examples:
         >>> line = header(rank=0, world_size=1, options={}, env={}, created="now",
         ...               process={"argv": ["python", "a.py"], "pid": 7, "started": 0.0})
         >>> line["format"], line["argv"]
@@ -147,7 +147,7 @@ def header(
 def section_of(key: str) -> str:
     """The section of a value's key: ``"params.fc.weight"`` -> ``"params"``.
 
-    Example:
+    Examples:
         >>> section_of("batch[1] (32 int64)"), section_of("log.loss"), section_of(STEPS)
         ('batch', 'log', 'steps')
     """
@@ -157,7 +157,7 @@ def section_of(key: str) -> str:
 def causal_rank(section: str) -> int:
     """Where a section comes in causal order (``steps`` first; unknown sections last).
 
-    Example:
+    Examples:
         >>> sorted(["params", "batch", "grads"], key=causal_rank)
         ['batch', 'grads', 'params']
     """
@@ -172,7 +172,7 @@ def entry_values(entry: dict[str, Any]) -> dict[str, Any]:
     ``batch[0]["input_ids"] 16x16 int64`` (a tensor of the step's first batch); logged
     numbers are kept as exact JSON text.
 
-    Example:
+    Examples:
         >>> entry_values({"step": 0, "params": {"w": "ab"}, "log": {"loss": 0.5}})
         {'log.loss': '0.5', 'params.w': 'ab'}
         >>> list(entry_values({"step": 0, "batch": [{"batch[1] 32 int64": "cd"}]}))
@@ -194,7 +194,7 @@ def entry_stats(entry: dict[str, Any]) -> dict[str, list[float]]:
 
     Keyed as :func:`entry_values` keys the digests they sit beside.
 
-    Example:
+    Examples:
         >>> entry_stats({"step": 0, "params": {"w": "ab", "n": "cd"},
         ...              "stats": {"params": [[7.0, 5.0, 4.0], None]}})
         {'params.w': [7.0, 5.0, 4.0]}
@@ -214,7 +214,7 @@ def parse_header(line: str, path: str | os.PathLike[str]) -> dict[str, Any]:
         RecordError: if the line is not a torchrepro record header, or of another schema
             version than this library's.
 
-    Example:
+    Examples:
         >>> old = '{"format": "torchrepro-record", "schema_version": 1}'
         >>> parse_header(old, "old.jsonl")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -258,7 +258,7 @@ def parse_entry(line: str, path: str | os.PathLike[str], number: int) -> dict[st
     Raises:
         RecordError: if the line is not JSON (a torn or mixed write) or not a step entry.
 
-    Example:
+    Examples:
         >>> parse_entry('{"step": 0, "params": {}}', "run.jsonl", 2)
         {'step': 0, 'params': {}}
         >>> parse_entry('{"step": 0, "par', "run.jsonl", 2)  # doctest: +ELLIPSIS
@@ -351,7 +351,7 @@ def read_record(path: str | os.PathLike[str]) -> Record:
         RecordError: if the file is empty, its header is not a torchrepro header, its schema
             version is not this library's, or a complete line in the middle is corrupt.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> with torchrepro.record("run.jsonl", grads=True):

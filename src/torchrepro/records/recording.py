@@ -2,7 +2,7 @@
 :func:`log` and :func:`step` speak to it, :func:`start_from_env` starts it for ``torchrepro
 run`` and ``check``. The :class:`~torchrepro.records.writer.Recorder` does the work.
 
-Example:
+Examples:
     >>> active() is None
     True
     >>> with record("run.jsonl") as recorder:
@@ -74,7 +74,7 @@ def record(
             training: the recorder stops, warns once, and marks the record incomplete
             (:func:`~torchrepro.records.files.read_incomplete`).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> with record("run.jsonl", grads=True) as recorder:
@@ -134,7 +134,7 @@ def log(**values: LogValue) -> bool:
     Raises:
         RecordError: for a value that is not a number, string or tensor.
 
-    Example:
+    Examples:
         >>> log(loss=0.5)  # no recording active: nothing happens
         False
         >>> model = torch.nn.Linear(2, 1)
@@ -176,7 +176,7 @@ def step() -> bool:
         True if a recording took the step, False if none is active (then it does nothing,
         so training scripts may call it unconditionally).
 
-    Example:
+    Examples:
         >>> step()  # no recording active: nothing happens
         False
         >>> model = torch.nn.Linear(2, 1)
@@ -207,7 +207,7 @@ def start_from_env() -> Recorder | None:
     Returns:
         The Recorder (closed at interpreter exit), or None when the variable is unset.
 
-    Example:
+    Examples:
         >>> os.environ["TORCHREPRO_RECORD"] = "run.jsonl"
         >>> os.environ["TORCHREPRO_RECORD_WITH"] = "grads,rng"
         >>> recorder = start_from_env()

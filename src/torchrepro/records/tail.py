@@ -9,7 +9,7 @@ every training process of one run (each has its record beside the run's path, se
 :func:`~torchrepro.records.files.claim_record`), in the order they started. Nothing here
 imports torch.
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> tail = RecordTail("run.jsonl")
@@ -176,7 +176,7 @@ class RecordTail:
     def replica_drift(self) -> list[tuple[int | None, dict[str, Any]]]:
         """(step, replica verdict) of each replica check that found a rank drifting.
 
-        Example:
+        Examples:
             >>> RecordTail("run.jsonl").replica_drift()
             []
         """
@@ -198,7 +198,7 @@ class RunTail:
     (``run1.jsonl``, ``run1.p1.jsonl``, ...; torchrun's ranks of one training are one
     process here, merged by :class:`RecordTail`).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> os.environ["TORCHREPRO_RECORD"] = "run.jsonl"  # the run's path, as check sets it

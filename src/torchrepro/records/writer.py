@@ -33,7 +33,7 @@ as in the plain model. A model compiled in place (``model.compile()``) or inside
 function runs no hook outside the graph: its parameters are named ``group{g}.{i}`` and its
 batch is recorded only from a DataLoader.
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> with torchrepro.record("run.jsonl", rng=True) as recorder:

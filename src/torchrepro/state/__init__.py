@@ -11,7 +11,7 @@ saved run did, then ``load_state_dict``, then iterate. (Loaders created after
 ``load_state_dict`` still take their saved position; what must not happen is iterating a
 loader before it.)
 
-Example:
+Examples:
     >>> torchrepro.seed_everything(11)
     11
     >>> model = torch.nn.Linear(4, 2)

@@ -16,7 +16,7 @@ torchrepro 0.1.0's) is read as ``torch.load(weights_only=True)`` reads it. Memor
 ``torch.load`` itself takes, or with ``mmap`` what its memory map takes; digests are
 streamed 1 MiB at a time.
 
-Example:
+Examples:
     >>> write_archive("x.pt", {"w": torch.ones(2)}, _zip.CHECKPOINT)
     PosixPath('x.pt')
     >>> read_archive("x.pt", _zip.CHECKPOINT)

@@ -4,7 +4,7 @@ Every state torchrepro saves (:mod:`torchrepro.state`) is a dict of plain data (
 ints, floats, strs, lists and dicts) sealed here; opening one checks format, version and
 checksum before anything reads its content. The files that hold them: :mod:`._archive`.
 
-Example:
+Examples:
     >>> sealed = seal({"format": "example", "version": SCHEMA_VERSION, "x": [1, 2]})
     >>> open_sealed(sealed, "example")["x"]
     [1, 2]

@@ -9,7 +9,7 @@ before a record is read: not a regular file, no zip signature, a directory end t
 not fit the file, records compressed, encrypted or past its end, local headers that
 disagree with the directory.
 
-Example:
+Examples:
     >>> _ = torch.save({"w": torch.ones(2)}, "w.pt")
     >>> with open_archive("w.pt", CHECKPOINT) as file:
     ...     sorted(records(file, "w.pt", CHECKPOINT)[1])[:2]

@@ -1,6 +1,6 @@
 """RNG states as plain data: capture, restore, save and load every random stream.
 
-Example:
+Examples:
     >>> saved = save_rng("rng.pt")          # a file torch.load(weights_only=True) reads
     >>> first = np.random.rand()
     >>> restore_rng(load_rng("rng.pt"))
@@ -35,7 +35,7 @@ class RNGState:
         sources: Each source's state by name (``python``, ``numpy``, ``torch``, ``cuda``,
             ``mps``, ``generator:<name>`` for registered generators).
 
-    Example:
+    Examples:
         >>> state = capture_rng()
         >>> sorted(state.sources)
         ['numpy', 'python', 'torch']
@@ -54,7 +54,7 @@ class RNGState:
     def state_dict(self) -> dict[str, Any]:
         """The state as a dict that ``torch.load(..., weights_only=True)`` reads back.
 
-        Example:
+        Examples:
             >>> sorted(capture_rng().state_dict())
             ['checksum', 'format', 'sources', 'version']
         """
@@ -68,7 +68,7 @@ class RNGState:
         Raises:
             StateError: Another format, an unknown version, or a failed checksum.
 
-        Example:
+        Examples:
             >>> torch.save(capture_rng().state_dict(), "rng.pt")
             >>> state = RNGState.from_state_dict(torch.load("rng.pt", weights_only=True))
             >>> state == capture_rng()
@@ -92,7 +92,7 @@ def capture_rng() -> RNGState:
     Returns:
         An :class:`RNGState`; nothing in it is shared with the live generators.
 
-    Example:
+    Examples:
         >>> state = capture_rng()
         >>> a = torch.rand(3)
         >>> restore_rng(state)
@@ -161,7 +161,7 @@ def restore_rng(state: RNGState, *, skip: Collection[str] | str = ()) -> None:
         StateError: ``state`` is no RNGState, or a part does not fit this process; nothing
             was changed.
 
-    Example:
+    Examples:
         >>> state = capture_rng()
         >>> first = torch.rand(3)
         >>> restore_rng(state, skip=("numpy",))
@@ -189,7 +189,7 @@ def save_rng(path: PathLike, state: RNGState | None = None) -> RNGState:
     Raises:
         StateError: ``path`` is a directory or its directory does not exist.
 
-    Example:
+    Examples:
         >>> state = save_rng("rng.pt")
         >>> load_rng("rng.pt") == state
         True
@@ -216,7 +216,7 @@ def load_rng(path: PathLike) -> RNGState:
             torchrepro RNG state, holds a pickle, is damaged (the message says which part),
             or has another schema version.
 
-    Example:
+    Examples:
         >>> _ = save_rng("rng.pt")
         >>> first = torch.rand(3)
         >>> restore_rng(load_rng("rng.pt"))
@@ -251,7 +251,7 @@ def register_generator(gen: RegistrableGenerator, name: str | None = None) -> st
     Raises:
         StateError: ``gen`` is of another type.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> register_generator(rng, "augment")
         'generator:augment'

@@ -1,6 +1,6 @@
 """The training state (RNG streams, loader positions, seed, rank layout) and checkpoints.
 
-Example:
+Examples:
     >>> torchrepro.seed_everything(11)
     11
     >>> saved = state_dict()
@@ -49,7 +49,7 @@ def state_dict(consumed: Mapping[DataLoader[Any], int] | None = None) -> dict[st
     Raises:
         SeedError: No root seed was set (call ``seed_everything`` first).
 
-    Example:
+    Examples:
         >>> torchrepro.seed_everything(11)
         11
         >>> sorted(state_dict())
@@ -153,7 +153,7 @@ def load_state_dict(
             by another rank or world size (without ``reshard``), or does not fit this
             process's generators or loaders; nothing was changed.
 
-    Example:
+    Examples:
         >>> torchrepro.seed_everything(11)
         11
         >>> saved = state_dict()
@@ -195,7 +195,7 @@ def saved_rng(state: Mapping[str, Any]) -> RNGState:
     Raises:
         StateError: The state is damaged or not torchrepro's.
 
-    Example:
+    Examples:
         >>> torchrepro.seed_everything(11)
         11
         >>> saved = state_dict()
@@ -236,7 +236,7 @@ def save_checkpoint(path: PathLike, checkpoint: object) -> Path:
             pickled; ``path`` is a directory or its directory does not exist. Nothing was
             written.
 
-    Example:
+    Examples:
         >>> save_checkpoint("ckpt.pt", {"model": torch.nn.Linear(4, 2).state_dict(), "step": 10})
         PosixPath('ckpt.pt')
         >>> load_checkpoint("ckpt.pt")["step"]
@@ -267,7 +267,7 @@ def load_checkpoint(path: PathLike, *, mmap: bool = False) -> Any:
             checkpoint, is damaged (the message says which part), or holds objects safe
             loading refuses.
 
-    Example:
+    Examples:
         >>> _ = save_checkpoint("ckpt.pt", {"step": 10, "weights": torch.ones(2)})
         >>> load_checkpoint("ckpt.pt", mmap=True)["weights"]
         tensor([1., 1.])
