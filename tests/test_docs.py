@@ -65,3 +65,18 @@ def test_the_first_example_prints_what_the_page_shows(page: str) -> None:
         cwd=os.fspath(ROOT),
     )
     assert done.stdout == shown
+
+
+def test_every_link_of_the_readme_reaches_a_page_and_its_heading() -> None:
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+\.md)(?:#([^)\s]+))?\)", readme)
+    assert len(links) >= 8
+    for target, anchor in links:
+        page = ROOT / target
+        assert page.is_file(), f"README links to {target}, which is not there"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)
+            slugs = {slugify(h.replace("`", ""), "-") for h in headings}
+            assert anchor in slugs, f"README links to {target}#{anchor}, no such heading"
