@@ -27,6 +27,15 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _write_json(path: str, data: object) -> None:
+    import json
+
+    from torchrepro._files import atomic_text_writer
+
+    with atomic_text_writer(path) as file:
+        file.write(json.dumps(data, indent=2) + "\n")
+
+
 def _add_determinism_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -226,12 +235,7 @@ def _check(args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
     print(report.render())
     if args.json is not None:
-        import json
-
-        from torchrepro._files import atomic_text_writer
-
-        with atomic_text_writer(args.json) as file:
-            file.write(json.dumps(report.to_json(), indent=2) + "\n")
+        _write_json(args.json, report.to_json())
     return report.exit_code
 
 
@@ -376,12 +380,7 @@ def _doctor(args: argparse.Namespace) -> int:
     )
     print(report.render())
     if args.json is not None:
-        import json
-
-        from torchrepro._files import atomic_text_writer
-
-        with atomic_text_writer(args.json) as file:
-            file.write(json.dumps(report.to_json(), indent=2) + "\n")
+        _write_json(args.json, report.to_json())
     return report.exit_code
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from torch import nn
 
 from torchrepro._cost_workload import example_workload
 from torchrepro._levels import LEVELS, NAMES, Flags
+from torchrepro._specs import load_function
 from torchrepro.digests import same_bits
 from torchrepro.errors import DeterminismError
 
@@ -342,21 +342,9 @@ def load_workload(spec: str | None, device: str = "cpu") -> tuple[nn.Module, Bat
                 "expected a device this torch can use. Pass --device cpu."
             )
         return example_workload(device)
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise DeterminismError(
-            f"a workload spec is 'module:function'; got {spec!r}. Pass e.g. "
-            "'mypkg.train:cost_workload', a function returning (model, batch, loss_fn)."
-        )
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise DeterminismError(
-            f"cannot load {spec}: {error}. Expected a module importable from the working "
-            "directory, with a function returning (model, batch, loss_fn)."
-        ) from error
+    factory = load_function(
+        spec, DeterminismError, "workload", "(model, batch, loss_fn)", "mypkg.train:cost_workload"
+    )
     workload: Any = factory()
     if not (isinstance(workload, tuple) and len(workload) == 3):
         raise DeterminismError(

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import os
-import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from torchrepro._specs import load_function
 from torchrepro.errors import DoctorError
 
 __all__ = ["PROBES", "Probe", "Step", "Unavailable", "load_probes", "select_probes"]
@@ -391,21 +389,9 @@ def load_probes(spec: str) -> list[Probe]:
     Raises:
         DoctorError: the spec is malformed, does not import, or returns no probes.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not (sep and module_name and attr):
-        raise DoctorError(
-            f"a probe spec is 'module:function'; got {spec!r}. Pass e.g. "
-            "'myprobes:probes', a function returning a list of torchrepro.doctor.Probe."
-        )
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does; the measuring processes do
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise DoctorError(
-            f"cannot load {spec}: {error}. Expected a module importable from here (the "
-            "working directory is on the path) with that function."
-        ) from error
+    factory = load_function(
+        spec, DoctorError, "probe", "a list of torchrepro.doctor.Probe", "myprobes:probes"
+    )
     found = list(factory())
     if not found or not all(isinstance(p, Probe) for p in found):
         raise DoctorError(
