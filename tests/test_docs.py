@@ -1,16 +1,20 @@
 """The documentation: the site builds in strict mode (a broken link between pages or a
-docstring that does not parse fails it), and the first example's shown output is real."""
+docstring that does not parse fails it), and a shown output that stops matching fails the
+suite (tests/shown_output.py runs the pages' examples)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from sybil import Document
+from sybil.example import SybilFailure
 from tests.conftest import PYTHON, ROOT, child_env
+
+import shown_output
 
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -33,6 +37,8 @@ def test_the_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> None
     for name in ("seed_everything", "enable_determinism", "run_doctor", "TorchReproError"):
         assert name in api
     assert (tmp_path / "site" / "doctor" / "index.html").exists()
+    home = (tmp_path / "site" / "index.html").read_text()  # the README's opening, included
+    assert "seed_everything" in home and "0.8996" in home
 
 
 def test_a_broken_link_between_pages_fails_the_build(tmp_path: Path) -> None:
@@ -49,22 +55,24 @@ def test_a_broken_link_between_pages_fails_the_build(tmp_path: Path) -> None:
     assert "no-such-page.md" in done.stderr
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
-def test_the_first_example_prints_what_the_page_shows(page: str) -> None:
-    text = (ROOT / page).read_text()
-    match = re.search(r"```python\n(.*?)```\n```\n(.*?)```", text, re.DOTALL)
-    assert match is not None, f"{page} has no example followed by its output"
-    code, shown = match.groups()
-    done = subprocess.run(
-        [PYTHON, "-c", code],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=os.fspath(ROOT),
-    )
-    assert done.stdout == shown
+def evaluate(page: Path) -> None:
+    """Runs every example tests/shown_output.py finds in ``page``, as the suite does."""
+    document = Document.parse(str(page), *shown_output.PARSERS)
+    document.namespace["tmp_path"] = page.parent
+    for example in document.examples():
+        example.evaluate()
+
+
+def test_a_shown_output_that_stops_matching_fails(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```console\n$ echo 0.25 seconds\n... seconds\n```\n")
+    evaluate(page)  # `...` stands for the run-dependent value
+    page.write_text("```console\n$ echo 0.25 seconds\n0.25 minutes\n```\n")
+    with pytest.raises(SybilFailure, match="0.25 minutes"):
+        evaluate(page)
+    page.write_text("```python\n>>> print(1 + 1)\n3\n```\n")
+    with pytest.raises(SybilFailure, match="Expected:\\n    3\\nGot:\\n    2"):
+        evaluate(page)
 
 
 def test_every_link_of_the_readme_reaches_a_page_and_its_heading() -> None:
