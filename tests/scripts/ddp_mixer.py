@@ -7,6 +7,7 @@ that rank first. No torchrepro calls; the script seeds torch itself.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -57,9 +58,10 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    gc.collect()  # DDP's reducer holds the group: it goes first (see examples/ddp.py)
+    dist.barrier()
+    dist.destroy_process_group()

