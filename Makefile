@@ -9,8 +9,10 @@ READY := $(VENV)/.ready
 demo: $(READY)
 	$(PY) -m torchrepro demo
 
+# Two pytest workers, a test file each at a time (its module fixtures run once): most tests
+# wait on the training processes they start, so two keep two cores busy.
 test: $(READY)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 docs: $(READY)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -80,11 +80,10 @@ def _run_session(example: Example) -> str | None:
     for name in ("examples", "tests"):
         if not (folder / name).exists():
             (folder / name).symlink_to(ROOT / name)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    from conftest import child_env  # tests/conftest.py, loaded by the time a test runs
+
+    env = child_env(HF_HUB_OFFLINE="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    for name in ("TORCHREPRO_SEED", "PYTHONHASHSEED", "TORCHREPRO_BOOTSTRAP"):
-        env.pop(name, None)
     command, shown = session(str(example.parsed))
     done = subprocess.run(
         ["bash", "-c", command],
