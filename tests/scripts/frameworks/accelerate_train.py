@@ -9,6 +9,7 @@ workers). CALLBACK=1: ``torchrepro.integrations.accelerate.register`` (TORCHREPR
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -17,7 +18,7 @@ from seen import Indexed, Seen, plant_noise, sampler_kind
 from torch.utils.data import DataLoader
 
 
-def main() -> None:
+def main() -> Accelerator:
     accelerator = Accelerator(cpu=True)
     if os.environ.get("CALLBACK") == "1":
         from torchrepro.integrations.accelerate import register
@@ -38,7 +39,15 @@ def main() -> None:
             optimizer.zero_grad()
             step += 1
     seen.write(accelerator.process_index, accelerator.num_processes, sampler=sampler_kind(loader))
+    return accelerator
 
 
 if __name__ == "__main__":
-    main()
+    accelerator = main()
+    # As accelerate's docs end a script (end_training destroys the process group), once
+    # nothing holds the group: a gloo group still alive at exit, or destroyed under the
+    # prepared model, can abort a rank at exit (see examples/ddp.py).
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
