@@ -8,6 +8,7 @@ A plugin rather than ``src/conftest.py``: two conftest modules would both be imp
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -51,11 +52,21 @@ def _doctest_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
         torch=torch, np=np, torchrepro=torchrepro, os=os, sys=sys, Path=Path, item=request.node
     )
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    with global_state_kept():
+        yield
+
+
+@contextlib.contextmanager
+def global_state_kept() -> Iterator[None]:
+    """Runs an example, then puts back what it may change: RNG states, determinism flags and
+    loader seeding (``isolate_rng``), the environment and the registered generators."""
     environ = dict(os.environ)
     registered = dict(_sources._registered)  # an example may register a generator
-    with torchrepro.isolate_rng():
-        yield
-    os.environ.clear()
-    os.environ.update(environ)
-    _sources._registered.clear()
-    _sources._registered.update(registered)
+    try:
+        with torchrepro.isolate_rng():
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        _sources._registered.clear()
+        _sources._registered.update(registered)

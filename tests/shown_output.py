@@ -31,8 +31,7 @@ from typing import Any
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown import CodeBlockParser
 
-import torchrepro
-from torchrepro import _sources
+from doctest_sandbox import global_state_kept
 
 ROOT = Path(__file__).resolve().parents[1]
 # As for the docstrings' examples (doctest_optionflags in pyproject.toml): a table with a
@@ -105,17 +104,8 @@ def _run_session(example: Example) -> str | None:
 def _setup(namespace: dict[str, Any]) -> None:
     """Before a page's doctests: a fresh folder; afterwards, global state as it was."""
     stack = contextlib.ExitStack()
-    stack.enter_context(torchrepro.isolate_rng())
-    environ, registered, cwd = dict(os.environ), dict(_sources._registered), os.getcwd()
-
-    def put_back() -> None:
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(environ)
-        _sources._registered.clear()
-        _sources._registered.update(registered)
-
-    stack.callback(put_back)
+    stack.enter_context(global_state_kept())
+    stack.callback(os.chdir, os.getcwd())
     os.chdir(stack.enter_context(tempfile.TemporaryDirectory(prefix="page-")))
     namespace["_put_back"] = stack
 
